@@ -1,0 +1,24 @@
+# The two set-up commands of README.rst: each installs what it needs first
+# (scripts/bootstrap.sh is idempotent and quick when everything is there).
+#
+#   make run  [ARGS='--port 1081 ...']   start the proxy in the foreground
+#   make test [PYTEST_ARGS='-k socks5']   run the whole test suite
+#   make docs                             build the HTML documentation
+
+VENV := .venv
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test docs
+
+run:
+	@bash scripts/bootstrap.sh run
+	exec $(VENV)/bin/twistd -n socksgss $(ARGS)
+
+test:
+	@bash scripts/bootstrap.sh test
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+docs:
+	@bash scripts/bootstrap.sh test
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html

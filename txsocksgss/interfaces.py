@@ -1,0 +1,162 @@
+"""
+Every zope.interface of txsocksgss, with its contract.
+
+Theory of operation.  A SOCKS 5 connection goes accept -> greeting -> method
+selection -> subnegotiation -> request -> reply -> relay.  The subnegotiation
+is a conversation between an `IServerAuthenticator` and an
+`IClientAuthenticator` of the same method code.  Each is sans-IO: it takes
+the bytes its peer sent and answers with a `txsocksgss.auth.conversation.AuthStep`
+(bytes to send, and on the last step an `AuthResult`).  That lets the same
+authenticator run on a raw socket or inside another method's framing (MAF
+carries sub-method bytes in PROCESS messages), and lets a method that
+protects every later byte (GSS-API) hand back an `IStreamProtection` that
+the driver installs under the protocol.  An `IAccessPolicy` then judges each
+request with the identity the conversation established.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IServerAuthenticator",
+    "IServerAuthenticatorFactory",
+    "IClientAuthenticator",
+    "IClientAuthenticatorFactory",
+    "IStreamProtection",
+    "IAccessPolicy",
+    "ISOCKSUser",
+]
+
+
+class IServerAuthenticator(Interface):
+    """
+    The server side of one subnegotiation, for one connection.
+
+    The driver calls `begin` once, then `receive` with every chunk of bytes
+    the client sends, in order, until a step carries a result.  It never
+    calls `receive` again while a Deferred from it is pending (it buffers),
+    and never after a result.  `abort` is called when the connection goes
+    away or times out before the end.
+    """
+
+    method = Attribute("The SOCKS 5 method code (int) this authenticator speaks.")
+
+    def begin():  # type: ignore[misc]
+        """
+        Start the conversation.
+
+        :return: an `AuthStep` (usually empty: in every method so far the
+            client speaks first).
+        """
+
+    def receive(data):  # type: ignore[misc]
+        """
+        Take bytes sent by the client.
+
+        :param bytes data: the next chunk, of any size (possibly only part
+            of a message, possibly more than the subnegotiation).
+        :return: an `AuthStep`, or a Deferred firing with one when a check
+            must wait (a password checker, an ident lookup).  Malformed input
+            ends in a step with a failed result (and the method's failure
+            message in ``send`` where it has one), never an exception.
+        """
+
+    def abort():  # type: ignore[misc]
+        """Give up: cancel pending work and drop any secret state."""
+
+
+class IServerAuthenticatorFactory(Interface):
+    """Configured once per server; builds an `IServerAuthenticator` per connection."""
+
+    method = Attribute("The SOCKS 5 method code (int).")
+    name = Attribute("The method's name in the configuration: 'none', 'userpass', ...")
+
+    def buildAuthenticator(session):  # type: ignore[misc]
+        """
+        :param session: a `txsocksgss.auth.conversation.SessionInfo`.
+        :return: a new `IServerAuthenticator`.
+        """
+
+
+class IClientAuthenticator(Interface):
+    """
+    The client side of one subnegotiation, for one connection.
+
+    Same contract as `IServerAuthenticator` from the other end: `begin`
+    returns the client's first message (in every method so far the client
+    speaks first), `receive` takes the server's bytes.
+    """
+
+    method = Attribute("The SOCKS 5 method code (int) this authenticator speaks.")
+
+    def begin():  # type: ignore[misc]
+        """:return: the first `AuthStep`."""
+
+    def receive(data):  # type: ignore[misc]
+        """:return: an `AuthStep` or a Deferred firing with one."""
+
+    def abort():  # type: ignore[misc]
+        """Give up: cancel pending work and drop any secret state."""
+
+
+class IClientAuthenticatorFactory(Interface):
+    """What a client endpoint is configured with: one per method it offers."""
+
+    method = Attribute("The SOCKS 5 method code (int) offered in the greeting.")
+
+    def buildAuthenticator(session):  # type: ignore[misc]
+        """
+        :param session: a `txsocksgss.auth.conversation.SessionInfo`.
+        :return: a new `IClientAuthenticator`.
+        """
+
+
+class IStreamProtection(Interface):
+    """
+    Per-message protection applied to every byte after a subnegotiation
+    (RFC 1961 s5 encapsulation, for example).  Sans-IO: the transport wrapper
+    in `txsocksgss.protection` calls it.
+    """
+
+    name = Attribute("A short name for the logs: 'integrity', 'confidentiality'.")
+
+    def protect(data):  # type: ignore[misc]
+        """:return: the bytes to put on the wire for ``data`` (framed, wrapped)."""
+
+    def unprotect(data):  # type: ignore[misc]
+        """
+        Take received wire bytes (any chunking).
+
+        :return: the plaintext of every whole frame received so far (possibly
+            empty); nothing of a frame is returned before it is verified.
+        :raise txsocksgss.errors.ProtocolError: on a frame that fails to
+            verify or breaks the agreed level; the connection must end.
+        """
+
+    def protectDatagram(data):  # type: ignore[misc]
+        """:return: one protected datagram for ``data`` (RFC 1961 s5: one token each)."""
+
+    def unprotectDatagram(data):  # type: ignore[misc]
+        """:return: the verified plaintext of one datagram, or raise ProtocolError."""
+
+
+class IAccessPolicy(Interface):
+    """Decides whether a request may proceed.  Pure: no I/O, no state."""
+
+    def decide(request):  # type: ignore[misc]
+        """
+        :param request: a `txsocksgss.server.rules.AccessRequest`.
+        :return: a `txsocksgss.server.rules.Decision` (allowed or not, and
+            the rule that decided, for the log).
+        """
+
+
+class ISOCKSUser(Interface):
+    """
+    The avatar a twisted.cred realm returns for a user who authenticated to
+    the proxy (username/password, and any method that logs in through a
+    portal).  A program may plug in its own realm returning any provider.
+    """
+
+    name = Attribute("The user name (str) that the access rules and the logs see.")

@@ -1,0 +1,1 @@
+"""The SOCKS server: protocol, relay, commands, rules, configuration and service."""

@@ -1,0 +1,124 @@
+"""
+The SOCKS 5 BIND command (RFC 1928 s4, s6): accept one inbound connection
+for the client.
+
+The server listens on a new port (on ``ServerContext.external``, or the
+address the client reached the server on), sends the first reply with that
+address, accepts the first connection that comes from the host named in the
+request (any host when the request names 0.0.0.0 or ::), sends the second
+reply with the connecting host's address, and relays.  A connection from
+another host is refused and logged; the port closes after the first accepted
+connection.  If nobody connects within the idle timeout the client gets
+REP 06 (TTL expired).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from txsocksgss.server.relay import UpstreamProtocol
+from txsocksgss.wire.socks5 import Address, ReplyCode
+
+if TYPE_CHECKING:
+    from txsocksgss.server.protocol import SOCKS5ServerProtocol
+
+__all__ = ["BindCommand"]
+
+_log = Logger()
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+class BindCommand:
+    """The BIND command of one session; ``session`` is the client's protocol."""
+
+    def __init__(self, session: "SOCKS5ServerProtocol", destination: Address) -> None:
+        self.session = session
+        self.destination = destination
+        self._expected: set[str] | None = None
+        self._port: IListeningPort | None = None
+        self._accepted: UpstreamProtocol | None = None
+        self._wait_timer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        d = self.session.resolveAllowed("bind", self.destination)
+        d.addCallback(self._listen)
+        d.addErrback(self.session._commandFailed)
+        self.session.trackPending(d)
+
+    def _listen(self, allowed: list[str]) -> None:
+        self.session.trackPending(None)
+        context = self.session.context
+        if not _is_unspecified(self.destination.host):
+            self._expected = {str(ipaddress.ip_address(a)) for a in allowed}
+        interface = context.external or self.session.transport.getHost().host  # type: ignore[union-attr]
+        self._port = context.reactor.listenTCP(0, _BindFactory(self), backlog=1, interface=interface)
+        bound = self._port.getHost()  # type: ignore[union-attr]
+        self.session.sendReply(ReplyCode.SUCCEEDED, Address.of(bound.host, bound.port))
+        if context.idle_timeout:
+            self._wait_timer = context.reactor.callLater(context.idle_timeout, self._timedOut)
+
+    def accept(self, addr: Any) -> Protocol | None:
+        """Called for each inbound connection: the protocol to use, or None to refuse it."""
+        if self._accepted is not None:
+            return None
+        host = getattr(addr, "host", "")
+        if self._expected is not None and host not in self._expected:
+            _log.info(
+                "BIND for {client}: refused a connection from {host}, expected {expected}",
+                client=self.session.record.client if self.session.record else "-",
+                host=host,
+                expected=sorted(self._expected),
+            )
+            return None
+        self._stopListening()
+        self._cancelTimer()
+        protocol = UpstreamProtocol()
+        protocol.onConnected = self._connected
+        self._accepted = protocol
+        return protocol
+
+    def _connected(self, protocol: UpstreamProtocol) -> None:
+        assert protocol.transport is not None
+        peer = protocol.transport.getPeer()
+        self.session.sendReply(ReplyCode.SUCCEEDED, Address.of(peer.host, peer.port))  # type: ignore[attr-defined]
+        self.session.startRelay(protocol)
+
+    def _timedOut(self) -> None:
+        self._wait_timer = None
+        self.session.closeWith("BIND: nobody connected in time", ReplyCode.TTL_EXPIRED)
+
+    def stop(self) -> None:
+        """The session ended before the relay started: release everything."""
+        self._stopListening()
+        self._cancelTimer()
+        if self._accepted is not None and self._accepted.relay is None and self._accepted.transport:
+            self._accepted.transport.loseConnection()
+
+    def _stopListening(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            port.stopListening()
+
+    def _cancelTimer(self) -> None:
+        if self._wait_timer is not None and self._wait_timer.active():
+            self._wait_timer.cancel()
+        self._wait_timer = None
+
+
+class _BindFactory(Factory):
+    def __init__(self, command: BindCommand) -> None:
+        self.command = command
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        return self.command.accept(addr)

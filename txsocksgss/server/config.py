@@ -1,0 +1,234 @@
+"""
+The server's configuration: one immutable `Config`, built from command-line
+options, a TOML file, or code, and validated once.
+
+Precedence: a value given on the command line beats the TOML file, which
+beats the default.  Every error is a `txsocksgss.errors.ConfigError` whose
+text names the setting and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from txsocksgss.errors import ConfigError
+from txsocksgss.server.rules import ALLOW_ALL, RuleSet, load_rules, rules_from_table
+
+__all__ = ["Config", "DEFAULT_LISTEN", "KNOWN_METHODS", "endpoint_is_loopback"]
+
+DEFAULT_LISTEN = "tcp:1080:interface=127.0.0.1"
+KNOWN_METHODS = ("none", "userpass")
+
+# TOML key -> Config field.  Rules live under `default` and `[[rule]]`.
+_TOML_KEYS = {
+    "listen": "listen",
+    "methods": "methods",
+    "passwd": "passwd",
+    "rules": "rules_file",
+    "negotiation_timeout": "negotiation_timeout",
+    "idle_timeout": "idle_timeout",
+    "allow_open": "allow_open",
+    "external": "external",
+}
+_RULE_KEYS = ("default", "rule")
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    Every setting of the server.
+
+    :ivar listen: Twisted server endpoint strings, one listener each.
+    :ivar methods: authentication methods in order of preference
+        (``none``, ``userpass``).  Empty means: ``userpass`` when
+        ``passwd`` is set, else ``none``.
+    :ivar passwd: the password file for ``userpass`` (see ``socksgss passwd``).
+    :ivar rules: the access policy (first matching rule wins).
+    :ivar rules_file: where ``rules`` came from, if a file.
+    :ivar negotiation_timeout: seconds from accept to the (first) reply.
+    :ivar idle_timeout: seconds without a byte either way before a tunnel is
+        closed; ``None`` for never.
+    :ivar allow_open: consent to an unauthenticated listener on a
+        non-loopback address.
+    :ivar external: the address BIND and UDP ASSOCIATE listen on; ``None``
+        for the address the client reached the server on.
+    """
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    methods: tuple[str, ...] = ()
+    passwd: str | None = None
+    rules: RuleSet = field(default=ALLOW_ALL)
+    rules_file: str | None = None
+    negotiation_timeout: float = 30.0
+    idle_timeout: float | None = 3600.0
+    allow_open: bool = False
+    external: str | None = None
+
+    @property
+    def effective_methods(self) -> tuple[str, ...]:
+        """`methods`, or the default it stands for when empty."""
+        if self.methods:
+            return self.methods
+        return ("userpass",) if self.passwd else ("none",)
+
+    @classmethod
+    def from_toml(cls, path: str) -> "Config":
+        """Read a TOML configuration file; relative paths in it are relative to the file."""
+        try:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
+        except OSError as error:
+            raise ConfigError(f"cannot read the configuration file {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        return cls.from_table(table, base=os.path.dirname(os.path.abspath(path)), source=path)
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], base: str = ".", source: str = "configuration") -> "Config":
+        """Build a Config from a parsed TOML table (see `from_toml`)."""
+        unknown = sorted(set(table) - set(_TOML_KEYS) - set(_RULE_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted([*_TOML_KEYS, *_RULE_KEYS]))}"
+            )
+        values: dict[str, Any] = {}
+        for key, attribute in _TOML_KEYS.items():
+            if key in table:
+                values[attribute] = table[key]
+        for key in ("passwd", "rules_file"):
+            if isinstance(values.get(key), str):
+                values[key] = os.path.join(base, values[key])
+        if "rule" in table or "default" in table:
+            if "rules_file" in values:
+                raise ConfigError(f"{source}: give either `rules = FILE` or inline [[rule]] tables, not both")
+            values["rules"] = rules_from_table({k: table[k] for k in _RULE_KEYS if k in table})
+        return cls.build(**values)
+
+    @classmethod
+    def build(cls, **values: Any) -> "Config":
+        """
+        Build and validate a Config from keyword values (loose types
+        accepted: lists for tuples, numbers for floats); loads ``rules_file``.
+        """
+        config = replace(cls(), **_coerce(values))
+        if config.rules_file and "rules" not in values:
+            config = replace(config, rules=load_rules(config.rules_file))
+        config.validate()
+        return config
+
+    def merged(self, **overrides: Any) -> "Config":
+        """A copy with ``overrides`` (``None`` values are ignored), validated."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        if "rules_file" in values and "rules" not in values:
+            values["rules"] = load_rules(values["rules_file"])
+        config = replace(self, **_coerce(values))
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for any invalid or unsafe combination."""
+        if not self.listen:
+            raise ConfigError("no listening address: give at least one --listen ENDPOINT")
+        for method in self.effective_methods:
+            if method not in KNOWN_METHODS:
+                raise ConfigError(f"unknown method {method!r}; known: {', '.join(KNOWN_METHODS)}")
+        if len(set(self.effective_methods)) != len(self.effective_methods):
+            raise ConfigError(f"a method is listed twice: {', '.join(self.effective_methods)}")
+        if "userpass" in self.effective_methods and not self.passwd:
+            raise ConfigError(
+                "method userpass needs a password file: --passwd FILE "
+                "(create it with `socksgss passwd FILE USER`)"
+            )
+        if self.negotiation_timeout <= 0:
+            raise ConfigError("negotiation timeout must be a positive number of seconds")
+        if self.idle_timeout is not None and self.idle_timeout < 0:
+            raise ConfigError("idle timeout must be 0 (never) or a positive number of seconds")
+        if self.external is not None:
+            try:
+                ipaddress.ip_address(self.external)
+            except ValueError:
+                raise ConfigError(f"--external must be an IP address, not {self.external!r}") from None
+        if "none" in self.effective_methods and not self.allow_open:
+            public = [desc for desc in self.listen if not endpoint_is_loopback(desc)]
+            if public:
+                raise ConfigError(
+                    f"refusing to start an unauthenticated proxy on {public[0]}: anyone who can "
+                    "reach that address could use it.  Listen on 127.0.0.1 "
+                    "(--listen tcp:1080:interface=127.0.0.1), require a password "
+                    "(--method userpass --passwd FILE), or pass --allow-open if the "
+                    "network or the rules already restrict who can connect"
+                )
+
+
+def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in ("listen", "methods"):
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{key} must be a list of strings")
+            out[key] = tuple(value)
+        elif key in ("negotiation_timeout", "idle_timeout"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{key.replace('_', ' ')} must be a number of seconds, not {value!r}")
+            out[key] = None if key == "idle_timeout" and value == 0 else float(value)
+        elif key == "allow_open":
+            if not isinstance(value, bool):
+                raise ConfigError("allow_open must be true or false")
+            out[key] = value
+        elif key in ("passwd", "rules_file", "external"):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{key} must be a string")
+            out[key] = value
+        elif key == "rules":
+            out[key] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r}")
+    return out
+
+
+def _split_description(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """Split a Twisted endpoint string into type, positional and keyword arguments."""
+    parts: list[str] = []
+    current = ""
+    escaped = False
+    for char in description:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    kind, args = parts[0].lower(), parts[1:]
+    positional = [a for a in args if "=" not in a]
+    keywords = dict(a.split("=", 1) for a in args if "=" in a)
+    return kind, positional, keywords
+
+
+def endpoint_is_loopback(description: str) -> bool:
+    """
+    True if a server endpoint string only accepts connections from this host
+    (a loopback interface, or a UNIX socket).  Unknown endpoint types count as
+    public, so the open-proxy check errs on the safe side.
+    """
+    if description.lower().startswith("haproxy:"):
+        return False  # clients arrive through a load balancer, from anywhere
+    kind, _positional, keywords = _split_description(description)
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = keywords.get("interface", "::" if kind == "tcp6" else "")
+    try:
+        return ipaddress.ip_address(interface.strip("[]")).is_loopback
+    except ValueError:
+        return False

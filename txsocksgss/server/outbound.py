@@ -1,0 +1,101 @@
+"""
+Reaching a destination: name resolution, outgoing TCP connections, and the
+SOCKS reply code that each way of failing maps to (PROTOCOL.md, SOCKS 5).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from typing import Any
+
+from twisted.internet import error as ierror
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txsocksgss.wire.socks5 import ReplyCode
+
+__all__ = ["DestinationUnresolved", "resolve", "reply_code_for", "is_ip_literal"]
+
+
+class DestinationUnresolved(Exception):
+    """A host name resolved to no address (or the lookup failed)."""
+
+
+def is_ip_literal(host: str) -> bool:
+    """True if ``host`` is an IPv4 or IPv6 address in text form."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@implementer(IResolutionReceiver)
+class _Collector:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.addresses: list[str] = []
+        self.deferred: Deferred[list[str]] = Deferred()
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: IPv4Address | IPv6Address) -> None:
+        if address.host not in self.addresses:
+            self.addresses.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        if self.deferred.called:  # cancelled while the lookup ran
+            return
+        if self.addresses:
+            self.deferred.callback(self.addresses)
+        else:
+            self.deferred.errback(DestinationUnresolved(f"{self.host!r} did not resolve"))
+
+
+def resolve(resolver: IHostnameResolver, host: str, port: int) -> Deferred[list[str]]:
+    """
+    Resolve ``host`` to a list of IP address strings, in the resolver's order.
+
+    IP literals are returned as they are, without a lookup.  Fails with
+    `DestinationUnresolved` when the name has no address.
+    """
+    if is_ip_literal(host):
+        return succeed([str(ipaddress.ip_address(host))])
+    collector = _Collector(host)
+    resolver.resolveHostName(collector, host, portNumber=port)
+    return collector.deferred
+
+
+def reply_code_for(failure: Failure | BaseException) -> ReplyCode:
+    """
+    The SOCKS 5 reply code for a failure to reach a destination.
+
+    ECONNREFUSED -> 05, no address -> 04, ENETUNREACH -> 03,
+    EHOSTUNREACH -> 04, a timeout -> 06, anything else -> 01.
+    """
+    exc = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(exc, ierror.ConnectionRefusedError):
+        return ReplyCode.CONNECTION_REFUSED
+    if isinstance(exc, (DestinationUnresolved, ierror.DNSLookupError)):
+        return ReplyCode.HOST_UNREACHABLE
+    if isinstance(exc, (ierror.TimeoutError, ierror.TCPTimedOutError)):
+        return ReplyCode.TTL_EXPIRED
+    if isinstance(exc, ierror.NoRouteError):
+        return ReplyCode.NETWORK_UNREACHABLE
+    os_error = getattr(exc, "osError", None)
+    if os_error in (errno.ENETUNREACH, errno.ENETDOWN):
+        return ReplyCode.NETWORK_UNREACHABLE
+    if os_error in (errno.EHOSTUNREACH, errno.EHOSTDOWN):
+        return ReplyCode.HOST_UNREACHABLE
+    if os_error == errno.ECONNREFUSED:
+        return ReplyCode.CONNECTION_REFUSED
+    if os_error == errno.ETIMEDOUT:
+        return ReplyCode.TTL_EXPIRED
+    return ReplyCode.GENERAL_FAILURE
+
+

@@ -1,0 +1,562 @@
+"""
+The SOCKS 5 server protocol: accept -> greeting -> method -> subnegotiation
+-> request -> reply -> relay.
+
+Theory of operation.  `SOCKS5ServerProtocol` is a thin driver around the
+sans-IO codecs (`txsocksgss.wire.socks5`) and the authenticators
+(`txsocksgss.interfaces.IServerAuthenticator`).  Its state is one
+`SessionState`; `dataReceived` feeds a `MessageBuffer` and `_advance` parses
+whatever the current state expects.  Each command (CONNECT here, BIND in
+`txsocksgss.server.bind`, UDP ASSOCIATE in `txsocksgss.server.udp`) resolves
+the destination asynchronously, asks the `IAccessPolicy`, and answers with
+the reply code that matches what really happened (PROTOCOL.md).  After a
+success reply the connection becomes a `Relay`.
+
+Every way out goes through `_close`, which sends the failure reply if one is
+owed, cancels pending work, and writes the session's single log line.  A
+negotiation timer runs from accept to the (first) reply.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet import error as ierror
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHostnameResolver
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity, SessionInfo
+from txsocksgss.errors import ProtocolError, UnsupportedAddressType, UnsupportedCommand
+from txsocksgss.interfaces import IAccessPolicy, IServerAuthenticator, IServerAuthenticatorFactory
+from txsocksgss.server.outbound import DestinationUnresolved, reply_code_for, resolve
+from txsocksgss.server.relay import Relay, UpstreamProtocol
+from txsocksgss.server.rules import AccessRequest, Decision
+from txsocksgss.server.session import SessionRecord
+from txsocksgss.wire.reader import MessageBuffer
+from txsocksgss.wire.socks5 import (
+    Address,
+    AddressType,
+    AuthMethod,
+    Command,
+    MethodSelection,
+    Reply,
+    ReplyCode,
+    Request,
+    parse_greeting,
+    parse_request,
+)
+
+__all__ = ["ServerContext", "SessionState", "SOCKS5ServerProtocol", "SOCKSServerFactory"]
+
+_log = Logger()
+
+_CANCELLED = (CancelledError, ConnectingCancelledError)
+_COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind", Command.UDP_ASSOCIATE: "udp"}
+_UNSPECIFIED = Address(AddressType.IPV4, "0.0.0.0", 0)
+# The longest SOCKS 5 request is 4 + 1 + 255 + 2 bytes; a greeting 2 + 255.
+_NEGOTIATION_BUFFER_LIMIT = 1024
+# Bytes a client may send after its request, before the reply, that we keep.
+_EARLY_DATA_LIMIT = 256 * 1024
+
+
+class SessionState(enum.Enum):
+    """Where a SOCKS 5 session is; `SOCKS5ServerProtocol` moves between them in order."""
+
+    GREETING = "greeting"
+    AUTHENTICATING = "authenticating"
+    REQUEST = "request"
+    COMMAND = "command"
+    RELAYING = "relaying"
+    CLOSED = "closed"
+
+
+@dataclass
+class ServerContext:
+    """
+    Everything a server protocol needs, shared by all its connections.
+
+    ``reactor`` provides IReactorTCP, IReactorUDP and IReactorTime;
+    ``authenticators`` are in the server's order of preference;
+    ``external`` is the address BIND and UDP ASSOCIATE listen on (``None``:
+    the address the client reached the server on).
+    """
+
+    reactor: Any
+    resolver: IHostnameResolver
+    authenticators: tuple[IServerAuthenticatorFactory, ...]
+    policy: IAccessPolicy
+    negotiation_timeout: float = 30.0
+    idle_timeout: float | None = 3600.0
+    external: str | None = None
+    sessions: set[Any] = field(default_factory=set)
+    _drain_waiters: list[Deferred[None]] = field(default_factory=list)
+
+    def sessionStarted(self, session: Any) -> None:
+        self.sessions.add(session)
+
+    def sessionEnded(self, session: Any) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def whenDrained(self) -> Deferred[None]:
+        """A Deferred that fires once no client connection is open (at once if none is)."""
+        waiter: Deferred[None] = Deferred()
+        if self.sessions:
+            self._drain_waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
+
+    def closeSessions(self) -> None:
+        """Close every client connection now (their sessions are logged as ended)."""
+        for session in list(self.sessions):
+            session.shutdown()
+
+
+def _method_name(factory: IServerAuthenticatorFactory | None) -> str:
+    return factory.name if factory is not None else "-"
+
+
+def _address_of(host: str, port: int) -> Address:
+    return Address.of(host, port)
+
+
+@implementer(IHalfCloseableProtocol)
+class SOCKS5ServerProtocol(Protocol):
+    """
+    One client connection to the SOCKS 5 server.  See the module docstring.
+    """
+
+    def __init__(self, context: ServerContext) -> None:
+        self.context = context
+        self.state = SessionState.GREETING
+        self.identity: Identity | None = None
+        self._buffer = MessageBuffer(limit=_NEGOTIATION_BUFFER_LIMIT)
+        self._method: IServerAuthenticatorFactory | None = None
+        self._auth: IServerAuthenticator | None = None
+        self._auth_pending = False
+        self._auth_backlog = b""
+        self._negotiation_timer: IDelayedCall | None = None
+        self._pending: Deferred[Any] | None = None
+        self._command_handler: Any = None
+        self._relay: Relay | None = None
+        self.record: SessionRecord | None = None
+
+    # -- Twisted protocol ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.record = SessionRecord(
+            client=f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', 0)}",
+            started=self.context.reactor.seconds(),
+        )
+        self.context.sessionStarted(self)
+        self._negotiation_timer = self.context.reactor.callLater(
+            self.context.negotiation_timeout, self._negotiationTimedOut
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._relay is not None:
+            self._relay.fromClient(data)
+            return
+        if self.state is SessionState.CLOSED or self.state is SessionState.RELAYING:
+            # RELAYING without a relay: a UDP association's control
+            # connection, on which RFC 1928 gives the client nothing to say.
+            return
+        if self.state is SessionState.AUTHENTICATING:
+            self._feedAuthenticator(data)
+            return
+        self._buffer.feed(data)
+        if self.state is SessionState.COMMAND:
+            if len(self._buffer) > _EARLY_DATA_LIMIT:
+                self._close("client sent too much data before the reply", ReplyCode.GENERAL_FAILURE)
+            return
+        self._advance()
+
+    def readConnectionLost(self) -> None:
+        if self._relay is not None:
+            self._relay.clientEOF()
+        elif self._command_handler is not None and self.state is SessionState.RELAYING:
+            # UDP ASSOCIATE: the association ends with its TCP connection.
+            self._close("client closed the control connection")
+        else:
+            self._close("client closed during negotiation")
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.context.sessionEnded(self)
+        if self._relay is not None:
+            self._relay.clientLost(reason)
+        else:
+            relaying = self.state is SessionState.RELAYING
+            self._close("client closed" if relaying else "client closed during negotiation")
+
+    # -- negotiation ----------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Parse what the current state expects, for as long as whole messages are buffered."""
+        try:
+            while True:
+                if self.state is SessionState.GREETING:
+                    greeting = self._buffer.next(parse_greeting)
+                    if greeting is None:
+                        return
+                    self._selectMethod(greeting.methods)
+                elif self.state is SessionState.REQUEST:
+                    request = self._buffer.next(parse_request)
+                    if request is None:
+                        return
+                    self._handleRequest(request)
+                else:
+                    return
+        except UnsupportedCommand as error:
+            self._close(f"bad request: {error}", ReplyCode.COMMAND_NOT_SUPPORTED)
+        except UnsupportedAddressType as error:
+            self._close(f"bad request: {error}", ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED)
+        except ProtocolError as error:
+            reply = ReplyCode.GENERAL_FAILURE if self.state is SessionState.REQUEST else None
+            self._close(f"protocol error in {self.state.value}: {error}", reply)
+
+    def _selectMethod(self, offered: tuple[int, ...]) -> None:
+        """RFC 1928 s3: the first method in the server's preference that the client offers."""
+        chosen = next((f for f in self.context.authenticators if f.method in offered), None)
+        if chosen is None:
+            self.transport.write(MethodSelection(AuthMethod.NO_ACCEPTABLE).serialize())  # type: ignore[union-attr]
+            offered_text = ",".join(f"{m:#04x}" for m in offered)
+            self._close(f"no acceptable method (client offered {offered_text})")
+            return
+        self._method = chosen
+        assert self.record is not None
+        self.record.method = chosen.name
+        self.transport.write(MethodSelection(chosen.method).serialize())  # type: ignore[union-attr]
+        host = self.transport.getHost()  # type: ignore[union-attr]
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        session = SessionInfo(
+            client=(getattr(peer, "host", ""), getattr(peer, "port", 0)),
+            server=(getattr(host, "host", ""), getattr(host, "port", 0)),
+        )
+        self._auth = chosen.buildAuthenticator(session)
+        self.state = SessionState.AUTHENTICATING
+        self._authStep(self._auth.begin())
+        if self.state is SessionState.AUTHENTICATING and len(self._buffer):
+            self._feedAuthenticator(self._buffer.take_all())
+
+    def _feedAuthenticator(self, data: bytes) -> None:
+        if self._auth_pending:
+            self._auth_backlog += data
+            if len(self._auth_backlog) > _EARLY_DATA_LIMIT:
+                self._close("client sent too much data during authentication")
+            return
+        assert self._auth is not None
+        step = self._auth.receive(data)
+        if isinstance(step, Deferred):
+            self._auth_pending = True
+            self._pending = step
+            step.addCallback(self._authStep)
+            step.addErrback(self._authCrashed)
+        else:
+            self._authStep(step)
+
+    def _authCrashed(self, failure: Failure) -> None:
+        if failure.check(CancelledError) or self.state is SessionState.CLOSED:
+            return
+        _log.failure("authenticator {method} raised", failure, method=_method_name(self._method))
+        self._close("authentication error")
+
+    def _authStep(self, step: AuthStep) -> None:
+        if self.state is not SessionState.AUTHENTICATING:
+            return
+        self._auth_pending = False
+        self._pending = None
+        if step.send:
+            self.transport.write(step.send)  # type: ignore[union-attr]
+        if step.result is None:
+            backlog, self._auth_backlog = self._auth_backlog, b""
+            if backlog:
+                self._feedAuthenticator(backlog)
+            return
+        self._authFinished(step.result, step.unused + self._auth_backlog)
+
+    def _authFinished(self, result: AuthResult, unused: bytes) -> None:
+        self._auth_backlog = b""
+        self._auth = None
+        if not result.succeeded:
+            self._close(f"authentication failed: {result.reason}")
+            return
+        assert self.record is not None and result.identity is not None
+        self.identity = result.identity
+        self.record.user = result.identity.user
+        self.state = SessionState.REQUEST
+        if unused:
+            self._buffer.feed(unused)
+        self._advance()
+
+    # -- requests -------------------------------------------------------------
+
+    def _handleRequest(self, request: Request) -> None:
+        assert self.record is not None
+        self.state = SessionState.COMMAND
+        self._buffer.limit = _EARLY_DATA_LIMIT
+        destination = request.destination
+        self.record.command = _COMMAND_NAMES[request.command]
+        self.record.destination = _format_destination(destination.host, destination.port)
+        if request.command is Command.CONNECT:
+            self._connect(destination)
+        elif request.command is Command.BIND:
+            from txsocksgss.server.bind import BindCommand
+
+            self._command_handler = BindCommand(self, destination)
+            self._command_handler.start()
+        else:
+            from txsocksgss.server.udp import UDPAssociateCommand
+
+            self._command_handler = UDPAssociateCommand(self, destination)
+            self._command_handler.start()
+
+    def accessRequest(self, command: str, host: str, port: int, address: str | None) -> AccessRequest:
+        """The `AccessRequest` for this session's client and identity, for the policy."""
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        identity = self.identity
+        return AccessRequest(
+            client=getattr(peer, "host", ""),
+            command=command,
+            destination_host=host,
+            destination_port=port,
+            destination_address=address,
+            user=identity.user if identity is not None else None,
+            method=_method_name(self._method),
+            version=5,
+            attributes=dict(identity.attributes) if identity is not None else {},
+        )
+
+    def decide(self, command: str, host: str, port: int, address: str | None) -> Decision:
+        """Ask the policy about one destination; log denials with the rule that decided."""
+        decision = self.context.policy.decide(self.accessRequest(command, host, port, address))
+        if not decision.allowed:
+            _log.info(
+                "denied {command} to {destination} for {client} (user {user}) by {rule}",
+                command=command,
+                destination=_format_destination(address or host, port),
+                client=self.record.client if self.record else "-",
+                user=self.identity.user if self.identity else None,
+                rule=decision.rule,
+            )
+        return decision
+
+    def resolveAllowed(self, command: str, destination: Address) -> Deferred[list[str]]:
+        """
+        Resolve ``destination`` and keep the addresses the policy allows.
+
+        Fails with `DestinationUnresolved` when the name has no address, and
+        with `_Denied` (carrying the deciding rule) when the policy allows none.
+        """
+        d = resolve(self.context.resolver, destination.host, destination.port)
+
+        def filter_allowed(addresses: list[str]) -> list[str]:
+            decisions = [
+                (address, self.decide(command, destination.host, destination.port, address))
+                for address in addresses
+            ]
+            allowed = [address for address, decision in decisions if decision.allowed]
+            if not allowed:
+                raise _Denied(decisions[0][1].rule)
+            return allowed
+
+        d.addCallback(filter_allowed)
+        return d
+
+    def _connect(self, destination: Address) -> None:
+        d = self.resolveAllowed("connect", destination)
+        d.addCallback(self._connectFirst, destination.port)
+        d.addCallbacks(self._connected, self._commandFailed)
+        self._pending = d
+
+    def _connectFirst(self, addresses: list[str], port: int) -> Deferred[UpstreamProtocol]:
+        """Try each allowed address in order; the last failure wins."""
+        remaining = list(addresses)
+        result: Deferred[UpstreamProtocol] = Deferred(lambda d: attempt_holder[0].cancel())
+        attempt_holder: list[Deferred[Any]] = []
+
+        def try_next(failure: Failure | None = None) -> None:
+            if not remaining:
+                assert failure is not None
+                result.errback(failure)
+                return
+            address = remaining.pop(0)
+            endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+            endpoint = endpoint_type(self.context.reactor, address, port)
+            attempt = endpoint.connect(_UPSTREAM_FACTORY)
+            attempt_holder[:] = [attempt]
+            attempt.addCallbacks(result.callback, lambda f: None if f.check(*_CANCELLED) else try_next(f))
+
+        try_next()
+        return result
+
+    def _connected(self, upstream: UpstreamProtocol) -> None:
+        self._pending = None
+        assert upstream.transport is not None
+        if self.state is not SessionState.COMMAND:
+            upstream.transport.loseConnection()
+            return
+        bound = upstream.transport.getHost()
+        self.sendReply(ReplyCode.SUCCEEDED, _address_of(bound.host, bound.port))  # type: ignore[attr-defined]
+        self.startRelay(upstream)
+
+    def _commandFailed(self, failure: Failure) -> None:
+        self._pending = None
+        if self.state is not SessionState.COMMAND or failure.check(*_CANCELLED):
+            return
+        if failure.check(_Denied):
+            self._close(f"denied by {failure.value}", ReplyCode.NOT_ALLOWED)
+            return
+        code = reply_code_for(failure)
+        if not failure.check(ierror.ConnectError, DestinationUnresolved, ierror.DNSLookupError):
+            # Not a network outcome: a bug worth a traceback.
+            _log.failure("unexpected error while serving {destination}", failure,
+                         destination=self.record.destination if self.record else "-")
+        self._close(f"{code.name.lower().replace('_', ' ')}: {failure.getErrorMessage()}", code)
+
+    # -- used by the command handlers ----------------------------------------
+
+    def sendReply(self, code: ReplyCode, bound: Address = _UNSPECIFIED) -> None:
+        """Write one SOCKS 5 reply; the first one ends the negotiation timer."""
+        self._cancelNegotiationTimer()
+        self.transport.write(Reply(code, bound).serialize())  # type: ignore[union-attr]
+
+    def startRelay(self, upstream: UpstreamProtocol) -> None:
+        """Join this connection and ``upstream`` (connected) in a `Relay`."""
+        assert upstream.transport is not None and self.transport is not None
+        self.state = SessionState.RELAYING
+        relay = Relay(
+            self.transport,
+            upstream.transport,
+            self.context.reactor,
+            self.context.idle_timeout,
+            self._relayEnded,
+        )
+        self._relay = relay
+        relay.start()
+        early = self._buffer.take_all()
+        if early:
+            relay.fromClient(early)
+        upstream.attach(relay)
+
+    def shutdown(self) -> None:
+        """Close this session now, whatever its state (server shutdown)."""
+        if self._relay is not None:
+            self._relay.close("server shutdown")
+        else:
+            self._close("server shutdown")
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def closeWith(self, outcome: str, reply: ReplyCode | None = None) -> None:
+        """End the session from a command handler (with a failure reply if ``reply``)."""
+        self._close(outcome, reply)
+
+    def trackPending(self, deferred: Deferred[Any] | None) -> None:
+        """Remember work to cancel if the session ends first."""
+        self._pending = deferred
+
+    @property
+    def relay(self) -> Relay | None:
+        return self._relay
+
+    # -- endings --------------------------------------------------------------
+
+    def _relayEnded(self, outcome: str) -> None:
+        assert self.record is not None and self._relay is not None
+        self.record.bytes_from_client = self._relay.bytes_from_client
+        self.record.bytes_to_client = self._relay.bytes_from_upstream
+        self.state = SessionState.CLOSED
+        self.record.finish(self.context.reactor.seconds(), outcome)
+
+    def _negotiationTimedOut(self) -> None:
+        self._negotiation_timer = None
+        if self.state is SessionState.COMMAND:
+            self._close("negotiation timeout while serving the request", ReplyCode.TTL_EXPIRED)
+        else:
+            self._close(f"negotiation timeout in {self.state.value}")
+
+    def _cancelNegotiationTimer(self) -> None:
+        if self._negotiation_timer is not None and self._negotiation_timer.active():
+            self._negotiation_timer.cancel()
+        self._negotiation_timer = None
+
+    def _close(self, outcome: str, send_reply: ReplyCode | None = None) -> None:
+        if self.state is SessionState.CLOSED:
+            return
+        was_command = self.state is SessionState.COMMAND
+        self.state = SessionState.CLOSED
+        self._cancelNegotiationTimer()
+        if self._auth is not None:
+            self._auth.abort()
+            self._auth = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            # A called Deferred may still be waiting on a chained one (an
+            # outgoing connection): cancel() forwards to it.
+            pending.cancel()
+        if self._command_handler is not None:
+            self._command_handler.stop()
+        if send_reply is not None and (was_command or send_reply is not ReplyCode.SUCCEEDED):
+            self.transport.write(Reply(send_reply, _UNSPECIFIED).serialize())  # type: ignore[union-attr]
+        if self.record is not None:
+            handler = self._command_handler
+            if handler is not None:
+                self.record.bytes_from_client = getattr(handler, "bytes_from_client", 0)
+                self.record.bytes_to_client = getattr(handler, "bytes_to_client", 0)
+            self.record.finish(self.context.reactor.seconds(), outcome)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class _UpstreamFactory(Factory):
+    protocol = UpstreamProtocol
+    noisy = False
+
+
+_UPSTREAM_FACTORY = _UpstreamFactory()
+
+
+class _Denied(Exception):
+    """The policy allowed none of the destination's addresses; the text is the rule."""
+
+
+def _format_destination(host: str, port: int) -> str:
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+class SOCKSServerFactory(Factory):
+    """
+    Builds a `SOCKS5ServerProtocol` per connection, all sharing one
+    `ServerContext`.  ``protocolFor`` may be replaced (SOCKS 4 support picks
+    the protocol from the first byte).
+    """
+
+    def __init__(self, context: ServerContext,
+                 protocolFor: Callable[[ServerContext], Protocol] | None = None) -> None:
+        self.context = context
+        self._protocolFor = protocolFor or SOCKS5ServerProtocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        protocol = self._protocolFor(self.context)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,103 @@
+"""
+twistd's entry: ``twistd -n socksgss [options]``.  Command-line options are
+turned into a `txsocksgss.server.config.Config`; nothing else happens here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from txsocksgss.errors import ConfigError
+from txsocksgss.server.config import DEFAULT_LISTEN, KNOWN_METHODS, Config
+from txsocksgss.server.service import SOCKSService, makeService as _makeService
+
+__all__ = ["Options", "makeService", "config_from_options"]
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise usage.UsageError(f"not a number of seconds: {value!r}") from None
+    if seconds < 0:
+        raise usage.UsageError(f"a negative number of seconds: {value!r}")
+    return seconds
+
+
+class Options(usage.Options):
+    """The options of ``twistd socksgss``; every one is also a TOML setting (see docs/configuration)."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "An authenticating SOCKS 5 proxy.  With no options it listens on "
+        f"{DEFAULT_LISTEN} without authentication.  Settings may also come "
+        "from a TOML file (--config); options given here win over the file."
+    )
+    optFlags = [
+        ["allow-open", None,
+         "Allow an unauthenticated listener on a non-loopback address (an open proxy)."],
+    ]
+    optParameters = [
+        ["config", "c", None, "TOML configuration file with the same settings as these options."],
+        ["passwd", None, None,
+         "Password file for the userpass method (create it with `socksgss passwd FILE USER`)."],
+        ["rules", None, None, "TOML file of access rules (first match wins)."],
+        ["negotiation-timeout", None, None,
+         "Seconds from accept to the reply before the connection is closed (default 30).", _seconds],
+        ["idle-timeout", None, None,
+         "Seconds without traffic before a tunnel is closed; 0 for never (default 3600).", _seconds],
+        ["external", None, None,
+         "IP address on which BIND and UDP ASSOCIATE listen (default: the address the client connected to)."],
+    ]
+    compData = usage.Completions(
+        optActions={
+            "config": usage.CompleteFiles("*.toml"),
+            "passwd": usage.CompleteFiles(),
+            "rules": usage.CompleteFiles("*.toml"),
+            "method": usage.CompleteList(list(KNOWN_METHODS)),
+        },
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["method"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Twisted endpoint string to listen on (repeatable; default tcp:1080:interface=127.0.0.1)."""
+        self["listen"].append(endpoint)
+
+    def opt_method(self, name: str) -> None:
+        """Authentication method to offer, repeatable, in order of preference: none, userpass."""
+        if name not in KNOWN_METHODS:
+            raise usage.UsageError(f"unknown method {name!r}; known: {', '.join(KNOWN_METHODS)}")
+        self["method"].append(name)
+
+    def postOptions(self) -> None:
+        try:
+            self.config = config_from_options(self)
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+
+
+def config_from_options(options: Any) -> Config:
+    """The `Config` for parsed `Options`: the TOML file (if any), then the options over it."""
+    base = Config.from_toml(options["config"]) if options["config"] else Config()
+    idle = options["idle-timeout"]
+    return base.merged(
+        listen=options["listen"] or None,
+        methods=options["method"] or None,
+        passwd=options["passwd"],
+        rules_file=options["rules"],
+        negotiation_timeout=options["negotiation-timeout"],
+        idle_timeout=idle,
+        allow_open=True if options["allow-open"] else None,
+        external=options["external"],
+    )
+
+
+def makeService(options: Options) -> SOCKSService:
+    """twistd's IServiceMaker entry."""
+    return _makeService(options.config)
