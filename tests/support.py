@@ -27,6 +27,7 @@ __all__ = [
     "ByteServerFactory",
     "EchoUDP",
     "ScriptedClient",
+    "StreamCollector",
     "require_program",
     "run_program",
 ]
@@ -179,6 +180,32 @@ class ScriptedClient(Protocol):
         for pending in waiters.values():
             for waiter in pending:
                 waiter.errback(reason)
+        self.lost.callback(None)
+
+
+class StreamCollector(Protocol):
+    """Collects bytes; ``waitFor(n)`` fires once n bytes are in, ``lost`` at the close."""
+
+    def __init__(self):
+        self.data = b""
+        self.lost: Deferred[None] = Deferred()
+        self._waiter = None
+
+    def dataReceived(self, data):
+        self.data += data
+        if self._waiter is not None and len(self.data) >= self._waiter[1]:
+            waiter, self._waiter = self._waiter[0], None
+            waiter.callback(self.data)
+
+    def waitFor(self, count):
+        d = Deferred()
+        if len(self.data) >= count:
+            d.callback(self.data)
+        else:
+            self._waiter = (d, count)
+        return d
+
+    def connectionLost(self, reason=None):
         self.lost.callback(None)
 
 

@@ -20,6 +20,23 @@ __all__ = [
     "TruncatedMessage",
     "AuthenticationFailed",
     "ConfigError",
+    "SOCKSClientError",
+    "NoAcceptableMethod",
+    "ClientAuthenticationFailed",
+    "SOCKSReplyError",
+    "GeneralFailure",
+    "ConnectionNotAllowed",
+    "NetworkUnreachable",
+    "HostUnreachable",
+    "ConnectionRefused",
+    "TTLExpired",
+    "CommandNotSupported",
+    "AddressTypeNotSupported",
+    "SOCKS4Rejected",
+    "SOCKS4IdentUnreachable",
+    "SOCKS4IdentMismatch",
+    "socks5_reply_error",
+    "socks4_reply_error",
 ]
 
 
@@ -72,3 +89,129 @@ class AuthenticationFailed(SOCKSError):
 
 class ConfigError(SOCKSError):
     """A configuration value is invalid; the text says which and how to fix it."""
+
+
+class SOCKSClientError(SOCKSError):
+    """
+    A SOCKS client could not get what it asked for.  ``code`` is the reply
+    code the proxy sent (SOCKS 5 REP, SOCKS 4 CD), or ``None`` when the
+    failure was not a reply (no acceptable method, authentication).
+    """
+
+    code: int | None = None
+
+    def __init__(self, message: str = "", code: int | None = None) -> None:
+        if code is not None:
+            self.code = code
+        super().__init__(message or self.__class__.__doc__.strip().splitlines()[0])
+
+
+class NoAcceptableMethod(SOCKSClientError):
+    """The proxy accepts none of the authentication methods offered (METHOD FF)."""
+
+
+class ClientAuthenticationFailed(SOCKSClientError, AuthenticationFailed):
+    """The authentication subnegotiation with the proxy failed."""
+
+
+class SOCKSReplyError(SOCKSClientError):
+    """The proxy answered the request with a failure reply."""
+
+
+class GeneralFailure(SOCKSReplyError):
+    """General SOCKS server failure (REP 01)."""
+
+    code = 0x01
+
+
+class ConnectionNotAllowed(SOCKSReplyError):
+    """Connection not allowed by ruleset (REP 02)."""
+
+    code = 0x02
+
+
+class NetworkUnreachable(SOCKSReplyError):
+    """Network unreachable (REP 03)."""
+
+    code = 0x03
+
+
+class HostUnreachable(SOCKSReplyError):
+    """Host unreachable (REP 04)."""
+
+    code = 0x04
+
+
+class ConnectionRefused(SOCKSReplyError):
+    """Connection refused by the destination (REP 05)."""
+
+    code = 0x05
+
+
+class TTLExpired(SOCKSReplyError):
+    """TTL expired (REP 06)."""
+
+    code = 0x06
+
+
+class CommandNotSupported(SOCKSReplyError):
+    """Command not supported (REP 07)."""
+
+    code = 0x07
+
+
+class AddressTypeNotSupported(SOCKSReplyError):
+    """Address type not supported (REP 08)."""
+
+    code = 0x08
+
+
+class SOCKS4Rejected(SOCKSReplyError):
+    """SOCKS 4 request rejected or failed (CD 91)."""
+
+    code = 91
+
+
+class SOCKS4IdentUnreachable(SOCKSReplyError):
+    """SOCKS 4 request rejected: the proxy cannot reach the client's identd (CD 92)."""
+
+    code = 92
+
+
+class SOCKS4IdentMismatch(SOCKSReplyError):
+    """SOCKS 4 request rejected: identd and the client report different user ids (CD 93)."""
+
+    code = 93
+
+
+_REPLY_ERRORS: dict[int, type[SOCKSReplyError]] = {
+    cls.code: cls  # type: ignore[misc]
+    for cls in (
+        GeneralFailure,
+        ConnectionNotAllowed,
+        NetworkUnreachable,
+        HostUnreachable,
+        ConnectionRefused,
+        TTLExpired,
+        CommandNotSupported,
+        AddressTypeNotSupported,
+    )
+}
+_SOCKS4_REPLY_ERRORS: dict[int, type[SOCKSReplyError]] = {
+    cls.code: cls  # type: ignore[misc]
+    for cls in (SOCKS4Rejected, SOCKS4IdentUnreachable, SOCKS4IdentMismatch)
+}
+
+
+def socks5_reply_error(code: int, context: str = "") -> SOCKSReplyError:
+    """The exception for a SOCKS 5 failure reply code (unknown codes give a `SOCKSReplyError`)."""
+    cls = _REPLY_ERRORS.get(code)
+    if cls is None:
+        return SOCKSReplyError(f"proxy failure reply {code:#04x}{context}", code)
+    return cls(f"{cls.__doc__.rstrip('.')}{context}")
+
+
+def socks4_reply_error(code: int, context: str = "") -> SOCKSReplyError:
+    """The exception for a SOCKS 4 reply code other than 90 (unknown codes are 91's)."""
+    cls = _SOCKS4_REPLY_ERRORS.get(code, SOCKS4Rejected)
+    return cls(f"{cls.__doc__.rstrip('.')}{context}", code)

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from zope.interface import implementer
 
-from tests.support import ByteServerFactory, EchoUDP, IntegrationTestCase
+from tests.support import EchoUDP, IntegrationTestCase, StreamCollector
 from txsocksgss.server.rules import rules_from_table
 from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request
 from txsocksgss.wire.udp import UDPDatagram, parse_udp_datagram
@@ -93,7 +93,7 @@ class BindTests(IntegrationTestCase):
         self.assertEqual(first.bound.host, "127.0.0.1")
         self.assertNotEqual(first.bound.port, 0)
 
-        remote = _Collector()
+        remote = StreamCollector()
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", first.bound.port), remote)
         second = yield client.reply(1)
         self.assertEqual(second.code, ReplyCode.SUCCEEDED)
@@ -115,34 +115,10 @@ class BindTests(IntegrationTestCase):
         client = yield self.connectScripted(socks_port, Request(Command.BIND, Address.of("127.0.0.2", 0)))
         first = yield client.reply(0)
         self.assertEqual(first.code, ReplyCode.SUCCEEDED)
-        intruder = _Collector()
+        intruder = StreamCollector()
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", first.bound.port), intruder)
         yield intruder.lost
         self.assertEqual(len(client.replies), 1)
-
-
-class _Collector(Protocol):
-    def __init__(self):
-        self.data = b""
-        self.lost: Deferred[None] = Deferred()
-        self._waiter = None
-
-    def dataReceived(self, data):
-        self.data += data
-        if self._waiter is not None and len(self.data) >= self._waiter[1]:
-            waiter, self._waiter = self._waiter[0], None
-            waiter.callback(self.data)
-
-    def waitFor(self, count):
-        d = Deferred()
-        if len(self.data) >= count:
-            d.callback(self.data)
-        else:
-            self._waiter = (d, count)
-        return d
-
-    def connectionLost(self, reason=None):
-        self.lost.callback(None)
 
 
 class _UDPClient(DatagramProtocol):

@@ -36,7 +36,7 @@ tokens = st.text(
     max_size=64,
 )
 user_ids = st.text(
-    alphabet=st.characters(blacklist_characters="\x00\r\n", blacklist_categories=("Cs",)),
+    alphabet=st.characters(blacklist_characters="\x00\r\n", blacklist_categories=["Cs"]),
     min_size=1,
     max_size=120,
 ).filter(lambda s: s.strip(" \t") == s and len(s.encode("utf-8")) <= MAX_USER_ID_LENGTH)
@@ -131,12 +131,14 @@ class IdentResponseTests(SynchronousTestCase):
         for error in IdentErrorType:
             line = f"1, 2 : ERROR : {error.value}\r\n".encode()
             parsed = parse_ident_response(Reader(line))
+            assert isinstance(parsed, IdentError)
             self.assertIs(parsed.error, error)
             self.assertEqual(parsed.serialize(), line)
 
     def test_nonstandard_error_is_kept_as_text(self) -> None:
         parsed = parse_ident_response(Reader(b"1, 2 : ERROR : X-NO-IDENT-HERE\r\n"))
         self.assertEqual(parsed, IdentError(1, 2, "X-NO-IDENT-HERE"))
+        assert isinstance(parsed, IdentError)
         self.assertNotIsInstance(parsed.error, IdentErrorType)
 
     def test_user_id_keeps_its_colons_and_inner_white_space(self) -> None:
@@ -146,6 +148,7 @@ class IdentResponseTests(SynchronousTestCase):
     def test_user_id_octets_survive_whatever_their_encoding(self) -> None:
         line = b"6193, 23 : USERID : UNIX , ISO-8859-1 : \xe9t\xe9\r\n"
         parsed = parse_ident_response(Reader(line))
+        assert isinstance(parsed, IdentUserId)
         self.assertEqual(parsed.charset, "ISO-8859-1")
         self.assertEqual(parsed.user_id.encode("utf-8", "surrogateescape"), b"\xe9t\xe9")
         self.assertEqual(parsed.serialize(), b"6193, 23 : USERID : UNIX,ISO-8859-1 : \xe9t\xe9\r\n")

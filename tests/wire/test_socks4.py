@@ -215,4 +215,3 @@ class SOCKS4ReplyTests(SynchronousTestCase):
     @given(mutated(replies))
     def test_mutated_replies(self, data: bytes) -> None:
         assert_total(self, parse_socks4_reply, data)
-
