@@ -46,8 +46,8 @@ class IServerAuthenticator(Interface):
         """
         Start the conversation.
 
-        :return: an `AuthStep` (usually empty: in every method so far the
-            client speaks first).
+        :return: an `AuthStep`, or a Deferred firing with one (usually an
+            empty step: in every method so far the client speaks first).
         """
 
     def receive(data):  # type: ignore[misc]
@@ -91,7 +91,10 @@ class IClientAuthenticator(Interface):
     method = Attribute("The SOCKS 5 method code (int) this authenticator speaks.")
 
     def begin():  # type: ignore[misc]
-        """:return: the first `AuthStep`."""
+        """
+        :return: the first `AuthStep`, or a Deferred firing with it (GSS-API
+            may have to ask the KDC for a ticket first).
+        """
 
     def receive(data):  # type: ignore[misc]
         """:return: an `AuthStep` or a Deferred firing with one."""

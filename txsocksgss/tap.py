@@ -38,6 +38,8 @@ class Options(usage.Options):
     optFlags = [
         ["allow-open", None,
          "Allow an unauthenticated listener on a non-loopback address (an open proxy)."],
+        ["gssapi-nec", None,
+         "GSS-API: accept the unwrapped protection-level octet of old NEC-derived clients."],
     ]
     optParameters = [
         ["config", "c", None, "TOML configuration file with the same settings as these options."],
@@ -50,6 +52,13 @@ class Options(usage.Options):
          "Seconds without traffic before a tunnel is closed; 0 for never (default 3600).", _seconds],
         ["external", None, None,
          "IP address on which BIND and UDP ASSOCIATE listen (default: the address the client connected to)."],
+        ["gssapi-keytab", None, None,
+         "GSS-API: keytab holding the service principal's keys (default: KRB5_KTNAME or /etc/krb5.keytab)."],
+        ["gssapi-service", None, None, "GSS-API: service name clients target, as in rcmd/HOST (default rcmd)."],
+        ["gssapi-mech", None, None, "GSS-API: mechanism to accept: krb5, spnego or any (default any)."],
+        ["gssapi-protection", None, None,
+         "GSS-API: levels to agree to, most preferred first, from confidentiality, integrity, clear "
+         "(default confidentiality,integrity; clear means no protection after authentication)."],
     ]
     compData = usage.Completions(
         optActions={
@@ -57,6 +66,8 @@ class Options(usage.Options):
             "passwd": usage.CompleteFiles(),
             "rules": usage.CompleteFiles("*.toml"),
             "method": usage.CompleteList(list(KNOWN_METHODS)),
+            "gssapi-keytab": usage.CompleteFiles(),
+            "gssapi-mech": usage.CompleteList(["krb5", "spnego", "any"]),
         },
     )
 
@@ -70,7 +81,7 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def opt_method(self, name: str) -> None:
-        """Authentication method to offer, repeatable, in order of preference: none, userpass."""
+        """Authentication method to offer, repeatable, in order of preference: none, userpass, gssapi."""
         if name not in KNOWN_METHODS:
             raise usage.UsageError(f"unknown method {name!r}; known: {', '.join(KNOWN_METHODS)}")
         self["method"].append(name)
@@ -95,6 +106,11 @@ def config_from_options(options: Any) -> Config:
         idle_timeout=idle,
         allow_open=True if options["allow-open"] else None,
         external=options["external"],
+        gssapi_keytab=options["gssapi-keytab"],
+        gssapi_service=options["gssapi-service"],
+        gssapi_mech=options["gssapi-mech"],
+        gssapi_protection=options["gssapi-protection"],
+        gssapi_nec=True if options["gssapi-nec"] else None,
     )
 
 

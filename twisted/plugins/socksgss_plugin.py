@@ -7,6 +7,6 @@ from twisted.application.service import ServiceMaker
 socksgss = ServiceMaker(
     "txsocksgss",
     "txsocksgss.tap",
-    "An authenticating SOCKS proxy (SOCKS 5; none, username/password)",
+    "An authenticating SOCKS proxy (SOCKS 5; none, username/password, GSS-API)",
     "socksgss",
 )

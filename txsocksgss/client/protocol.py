@@ -42,7 +42,8 @@ from txsocksgss.errors import (
     socks4_reply_error,
     socks5_reply_error,
 )
-from txsocksgss.interfaces import IClientAuthenticator, IClientAuthenticatorFactory
+from txsocksgss.interfaces import IClientAuthenticator, IClientAuthenticatorFactory, IStreamProtection
+from txsocksgss.protection import ProtectedTransport
 from txsocksgss.wire.reader import MessageBuffer
 from txsocksgss.wire.socks4 import SOCKS4Command, SOCKS4ReplyCode, SOCKS4Request, parse_socks4_reply
 from txsocksgss.wire.socks5 import (
@@ -118,6 +119,7 @@ class _HandshakeProtocol(Protocol):
         self.established: Deferred[SOCKSConnection] = Deferred()
         self.controlLost: Deferred[None] = Deferred()
         self.identity: Identity | None = None
+        self.protection: IStreamProtection | None = None
         self.application: IProtocol | None = None
         self._buffer = MessageBuffer(limit=1024)
         self._clock = clock
@@ -131,7 +133,22 @@ class _HandshakeProtocol(Protocol):
             self._timer = self._clock.callLater(self._timeout, self._timedOut)
         self.startHandshake()
 
+    def installProtection(self, protection: IStreamProtection) -> None:
+        """From now on, wrap what is written and unwrap what is received."""
+        self.protection = protection
+        self.transport = ProtectedTransport(self.transport, protection)
+
     def dataReceived(self, data: bytes) -> None:
+        if self.protection is not None:
+            try:
+                data = self.protection.unprotect(data)
+            except ProtocolError as error:
+                _log.info("closing the proxy connection: {error}", error=error)
+                self.fail(error)
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            if not data:
+                return
         application = self.application
         if application is not None:
             application.dataReceived(data)
@@ -308,14 +325,22 @@ class SOCKS5ClientProtocol(_HandshakeProtocol):
         )
         self._auth = factory.buildAuthenticator(session)
         self.state = HandshakeState.AUTHENTICATING
-        self._authStep(self._auth.begin())
+        self._takeStep(self._auth.begin())
 
     def _feedAuthenticator(self, data: bytes) -> None:
         if self._auth_pending:
             self._auth_backlog += data
             return
         assert self._auth is not None
-        step = self._auth.receive(data)
+        try:
+            step = self._auth.receive(data)
+        except Exception as error:
+            _log.failure("client authenticator raised")
+            self.fail(ClientAuthenticationFailed(f"authentication error: {error}"))
+            return
+        self._takeStep(step)
+
+    def _takeStep(self, step: AuthStep | Deferred[AuthStep]) -> None:
         if isinstance(step, Deferred):
             self._auth_pending = True
             step.addCallback(self._authStep)
@@ -346,9 +371,17 @@ class SOCKS5ClientProtocol(_HandshakeProtocol):
             return
         self.identity = step.result.identity
         self.state = HandshakeState.REPLY
+        if step.result.protection is not None:
+            self.installProtection(step.result.protection)
         self.transport.write(self.request.serialize())  # type: ignore[union-attr]
         unused = step.unused + self._auth_backlog
         self._auth_backlog = b""
+        if unused and self.protection is not None:
+            try:
+                unused = self.protection.unprotect(unused)
+            except ProtocolError as error:
+                self.fail(error)
+                return
         if unused:
             self._buffer.feed(unused)
         # The caller's advance() loop (or ours, for a Deferred step) parses the reply.

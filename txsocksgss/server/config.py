@@ -21,7 +21,9 @@ from txsocksgss.server.rules import ALLOW_ALL, RuleSet, load_rules, rules_from_t
 __all__ = ["Config", "DEFAULT_LISTEN", "KNOWN_METHODS", "endpoint_is_loopback"]
 
 DEFAULT_LISTEN = "tcp:1080:interface=127.0.0.1"
-KNOWN_METHODS = ("none", "userpass")
+KNOWN_METHODS = ("none", "userpass", "gssapi")
+GSSAPI_MECH_CHOICES = ("krb5", "spnego", "any")
+GSSAPI_LEVEL_NAMES = ("confidentiality", "integrity", "clear")
 
 # TOML key -> Config field.  Rules live under `default` and `[[rule]]`.
 _TOML_KEYS = {
@@ -33,6 +35,11 @@ _TOML_KEYS = {
     "idle_timeout": "idle_timeout",
     "allow_open": "allow_open",
     "external": "external",
+    "gssapi_keytab": "gssapi_keytab",
+    "gssapi_service": "gssapi_service",
+    "gssapi_mech": "gssapi_mech",
+    "gssapi_protection": "gssapi_protection",
+    "gssapi_nec": "gssapi_nec",
 }
 _RULE_KEYS = ("default", "rule")
 
@@ -56,6 +63,14 @@ class Config:
         non-loopback address.
     :ivar external: the address BIND and UDP ASSOCIATE listen on; ``None``
         for the address the client reached the server on.
+    :ivar gssapi_keytab: keytab of the GSS-API service principal (``None``:
+        the library default, KRB5_KTNAME or /etc/krb5.keytab).
+    :ivar gssapi_service: the service name clients target (``rcmd``).
+    :ivar gssapi_mech: ``krb5``, ``spnego`` or ``any`` (both).
+    :ivar gssapi_protection: levels agreed to, most preferred first, from
+        ``confidentiality``, ``integrity``, ``clear``.
+    :ivar gssapi_nec: accept the unwrapped protection-level octet of
+        NEC-derived clients.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -67,6 +82,11 @@ class Config:
     idle_timeout: float | None = 3600.0
     allow_open: bool = False
     external: str | None = None
+    gssapi_keytab: str | None = None
+    gssapi_service: str = "rcmd"
+    gssapi_mech: str = "any"
+    gssapi_protection: tuple[str, ...] = ("confidentiality", "integrity")
+    gssapi_nec: bool = False
 
     @property
     def effective_methods(self) -> tuple[str, ...]:
@@ -100,7 +120,7 @@ class Config:
         for key, attribute in _TOML_KEYS.items():
             if key in table:
                 values[attribute] = table[key]
-        for key in ("passwd", "rules_file"):
+        for key in ("passwd", "rules_file", "gssapi_keytab"):
             if isinstance(values.get(key), str):
                 values[key] = os.path.join(base, values[key])
         if "rule" in table or "default" in table:
@@ -148,6 +168,17 @@ class Config:
             raise ConfigError("negotiation timeout must be a positive number of seconds")
         if self.idle_timeout is not None and self.idle_timeout < 0:
             raise ConfigError("idle timeout must be 0 (never) or a positive number of seconds")
+        if self.gssapi_mech not in GSSAPI_MECH_CHOICES:
+            raise ConfigError(f"--gssapi-mech must be one of {', '.join(GSSAPI_MECH_CHOICES)}, not {self.gssapi_mech!r}")
+        if not self.gssapi_protection or any(p not in GSSAPI_LEVEL_NAMES for p in self.gssapi_protection):
+            raise ConfigError(
+                f"--gssapi-protection takes a comma-separated list of {', '.join(GSSAPI_LEVEL_NAMES)}, "
+                f"not {','.join(self.gssapi_protection)!r}"
+            )
+        if len(set(self.gssapi_protection)) != len(self.gssapi_protection):
+            raise ConfigError("--gssapi-protection lists a level twice")
+        if not self.gssapi_service or "/" in self.gssapi_service or "@" in self.gssapi_service:
+            raise ConfigError(f"--gssapi-service must be a bare service name such as rcmd, not {self.gssapi_service!r}")
         if self.external is not None:
             try:
                 ipaddress.ip_address(self.external)
@@ -168,7 +199,9 @@ class Config:
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if key in ("listen", "methods"):
+        if key in ("listen", "methods", "gssapi_protection"):
+            if key == "gssapi_protection" and isinstance(value, str):
+                value = [v.strip() for v in value.split(",")]
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{key} must be a list of strings")
             out[key] = tuple(value)
@@ -176,11 +209,11 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{key.replace('_', ' ')} must be a number of seconds, not {value!r}")
             out[key] = None if key == "idle_timeout" and value == 0 else float(value)
-        elif key == "allow_open":
+        elif key in ("allow_open", "gssapi_nec"):
             if not isinstance(value, bool):
-                raise ConfigError("allow_open must be true or false")
+                raise ConfigError(f"{key} must be true or false")
             out[key] = value
-        elif key in ("passwd", "rules_file", "external"):
+        elif key in ("passwd", "rules_file", "external", "gssapi_keytab", "gssapi_service", "gssapi_mech"):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{key} must be a string")
             out[key] = value

@@ -36,7 +36,8 @@ from zope.interface import implementer
 
 from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity, SessionInfo
 from txsocksgss.errors import ProtocolError, UnsupportedAddressType, UnsupportedCommand
-from txsocksgss.interfaces import IAccessPolicy, IServerAuthenticator, IServerAuthenticatorFactory
+from txsocksgss.interfaces import IAccessPolicy, IServerAuthenticator, IServerAuthenticatorFactory, IStreamProtection
+from txsocksgss.protection import ProtectedTransport
 from txsocksgss.server.outbound import DestinationUnresolved, reply_code_for, resolve
 from txsocksgss.server.relay import Relay, UpstreamProtocol
 from txsocksgss.server.rules import AccessRequest, Decision
@@ -153,6 +154,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._command_handler: Any = None
         self._relay: Relay | None = None
         self.record: SessionRecord | None = None
+        self.protection: IStreamProtection | None = None
 
     # -- Twisted protocol ---------------------------------------------------
 
@@ -168,6 +170,12 @@ class SOCKS5ServerProtocol(Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if self.protection is not None:
+            try:
+                data = self.protection.unprotect(data)
+            except ProtocolError as error:
+                self._protectionFailed(error)
+                return
         if self._relay is not None:
             self._relay.fromClient(data)
             return
@@ -251,9 +259,9 @@ class SOCKS5ServerProtocol(Protocol):
         )
         self._auth = chosen.buildAuthenticator(session)
         self.state = SessionState.AUTHENTICATING
-        self._authStep(self._auth.begin())
-        if self.state is SessionState.AUTHENTICATING and len(self._buffer):
-            self._feedAuthenticator(self._buffer.take_all())
+        if len(self._buffer):
+            self._auth_backlog = self._buffer.take_all()
+        self._takeStep(self._auth.begin())
 
     def _feedAuthenticator(self, data: bytes) -> None:
         if self._auth_pending:
@@ -262,7 +270,15 @@ class SOCKS5ServerProtocol(Protocol):
                 self._close("client sent too much data during authentication")
             return
         assert self._auth is not None
-        step = self._auth.receive(data)
+        try:
+            step = self._auth.receive(data)
+        except Exception:
+            _log.failure("authenticator {method} raised", method=_method_name(self._method))
+            self._close("authentication error")
+            return
+        self._takeStep(step)
+
+    def _takeStep(self, step: AuthStep | Deferred[AuthStep]) -> None:
         if isinstance(step, Deferred):
             self._auth_pending = True
             self._pending = step
@@ -301,9 +317,28 @@ class SOCKS5ServerProtocol(Protocol):
         self.identity = result.identity
         self.record.user = result.identity.user
         self.state = SessionState.REQUEST
+        if result.protection is not None:
+            self.protection = result.protection
+            self.transport = ProtectedTransport(self.transport, result.protection)
+            self.record.protection = result.protection.name
+            if unused:
+                try:
+                    unused = result.protection.unprotect(unused)
+                except ProtocolError as error:
+                    self._protectionFailed(error)
+                    return
         if unused:
             self._buffer.feed(unused)
         self._advance()
+
+    def _protectionFailed(self, error: ProtocolError) -> None:
+        """A protected token failed: nothing of it is delivered; the connection ends now."""
+        if self._relay is not None:
+            self._relay.close(f"protection failure: {error}")
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        else:
+            self._close(f"protection failure: {error}")
+            self.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- requests -------------------------------------------------------------
 

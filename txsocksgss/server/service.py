@@ -46,6 +46,19 @@ def _authenticators(
             if not all_checkers:
                 raise ConfigError("method userpass needs a password file or a credentials checker")
             factories.append(UserPassServerFactory(Portal(realm or SOCKSUserRealm(), all_checkers)))
+        elif name == "gssapi":
+            from txsocksgss.auth.gssapi import GSSAPIServerFactory, parse_levels
+
+            mechanisms = ("krb5", "spnego") if config.gssapi_mech == "any" else (config.gssapi_mech,)
+            factories.append(
+                GSSAPIServerFactory(
+                    service=config.gssapi_service,
+                    keytab=config.gssapi_keytab,
+                    mechanisms=mechanisms,
+                    protection=parse_levels(config.gssapi_protection),
+                    nec=config.gssapi_nec,
+                )
+            )
         else:  # validate() has already refused unknown names
             raise ConfigError(f"unknown method {name!r}")
     return tuple(factories)

@@ -26,6 +26,7 @@ class SessionRecord:
     version: int = 5
     user: str | None = None
     method: str = "-"
+    protection: str = "-"
     command: str = "-"
     destination: str = "-"
     bytes_from_client: int = 0
@@ -40,13 +41,14 @@ class SessionRecord:
         self.finished = True
         self.outcome = outcome
         _log.info(
-            "session client={client} socks{version} user={user} method={method} "
+            "session client={client} socks{version} user={user} method={method} protection={protection} "
             "command={command} destination={destination} up={up} down={down} "
             "duration={duration:.3f}s outcome={outcome}",
             client=self.client,
             version=self.version,
             user=self.user if self.user is not None else "-",
             method=self.method,
+            protection=self.protection,
             command=self.command,
             destination=self.destination,
             up=self.bytes_from_client,
