@@ -212,6 +212,19 @@ class StreamCollector(Protocol):
 class IntegrationTestCase(TestCase):
     """Starts servers on 127.0.0.1 and tears them all down, leaving the reactor clean."""
 
+    def captureLogs(self) -> list[str]:
+        """Every log event from now to the end of the test, formatted as text."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        lines: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        return lines
+
     def startSOCKS(self, **config: Any) -> tuple[int, Any]:
         """Listen with a SOCKS server built from ``Config.build(**config)``; returns (port, factory)."""
         config.setdefault("listen", ["tcp:0:interface=127.0.0.1"])

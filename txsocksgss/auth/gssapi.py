@@ -145,6 +145,11 @@ def _gss_text(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def _display_name(name: Any) -> str:
+    """A GSS-API name as text; gss-ntlmssp's names end in a NUL, which no log line should carry."""
+    return str(name).rstrip("\x00")
+
+
 def _frame(kind: MessageType, token: bytes) -> bytes:
     return GSSAPIFrame(kind, token).serialize()
 
@@ -228,6 +233,8 @@ class _GSSAPIServerConversation:
         self._buffer = MessageBuffer(limit=_FRAME_LIMIT)
         self._stage = _Stage.CONTEXT
         self._mechanism: str | None = None
+        self._service_principal: str | None = None
+        self._client_tokens = 0
         self._session = session
 
     def begin(self) -> AuthStep:
@@ -279,6 +286,7 @@ class _GSSAPIServerConversation:
                 shown = _MECHANISM_NAMES.get(oid or "", oid or "no mechanism header")
                 raise _Refused(f"mechanism {shown} is not allowed (allowed: {', '.join(self._settings.mechanisms)})")
             self._mechanism = _MECHANISM_NAMES[oid]  # type: ignore[index]
+        self._client_tokens += 1
         token = self._context.step(frame.token)
         if not self._context.complete:
             if not token:
@@ -292,7 +300,12 @@ class _GSSAPIServerConversation:
         return None
 
     def _checkEstablished(self) -> None:
-        target = str(self._context.target_name) if self._context.target_name is not None else ""
+        if str(self._context.mech) != KRB5_OID:
+            # Only Kerberos names the service principal the client targeted
+            # (asking NTLM's context for it crashes gss-ntlmssp 1.2).
+            return
+        target = str(self._context.target_name)
+        self._service_principal = target
         service = target.split("/", 1)[0].split("@", 1)[0]
         if service != self._settings.service:
             raise _Refused(f"the client asked for service {target!r}, this server is {self._settings.service!r}")
@@ -323,7 +336,7 @@ class _GSSAPIServerConversation:
         answer_octet = bytes([answer])
         token = answer_octet if nec else bytes(self._context.wrap(answer_octet, False).message)
         sent.append(_frame(MessageType.PROTECTION, token))
-        principal = str(self._context.initiator_name)
+        principal = _display_name(self._context.initiator_name)
         identity = Identity(
             AuthMethod.GSSAPI,
             principal,
@@ -332,13 +345,17 @@ class _GSSAPIServerConversation:
                 "mechanism": self._mechanism,
                 "protection": level_name(answer),
                 "requested_protection": level_name(requested),
-                "service": str(self._context.target_name),
+                "service": self._service_principal,
+                "inner_mechanism": str(self._context.mech),
+                "context_tokens": self._client_tokens,
                 "nec": nec,
             },
         )
         _log.info(
-            "GSS-API: {principal} authenticated with {mechanism}, asked for {requested}, agreed {agreed}",
+            "GSS-API: {principal} authenticated with {mechanism} after {tokens} client tokens, "
+            "asked for {requested}, agreed {agreed}",
             principal=principal,
+            tokens=self._client_tokens,
             mechanism=self._mechanism,
             requested=level_name(requested),
             agreed=level_name(answer),
@@ -379,6 +396,8 @@ class GSSAPIClientFactory:
     :param nec: send the level octet unwrapped (NEC-derived servers).
     :param delegate: request credential delegation (off by default; see the
         module docstring).
+    :param credentials: a ``gssapi.Credentials`` to initiate with (instead of
+        ``ccache``), e.g. acquired from a client keytab or for one mechanism.
     :param runner: runs blocking GSS-API calls (default: a reactor thread).
     """
 
@@ -395,6 +414,7 @@ class GSSAPIClientFactory:
         accept: Sequence[ProtectionLevel] | None = None,
         nec: bool = False,
         delegate: bool = False,
+        credentials: Any = None,
         runner: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         if mechanism not in MECHANISMS:
@@ -408,6 +428,7 @@ class GSSAPIClientFactory:
         self.accept = tuple(accept) if accept else (self.level,)
         self.nec = nec
         self.delegate = delegate
+        self.credentials = credentials
         self.runner = runner or _run_in_thread
 
     def __repr__(self) -> str:
@@ -450,8 +471,8 @@ class _GSSAPIClientConversation:
         )
         if settings.delegate:
             flags |= gssapi.RequirementFlag.delegate_to_peer
-        credentials = None
-        if settings.ccache:
+        credentials = settings.credentials
+        if credentials is None and settings.ccache:
             ccache = settings.ccache if ":" in settings.ccache else f"FILE:{settings.ccache}"
             credentials = gssapi.Credentials(usage="initiate", store={"ccache": ccache})
         mech = gssapi.OID.from_int_seq(MECHANISMS[settings.mechanism])
@@ -538,14 +559,14 @@ class _GSSAPIClientConversation:
             accepted = ", ".join(level_name(level) for level in self._settings.accept)
             return self._fail(f"the proxy agreed to {level_name(answer)}, which is not acceptable ({accepted})")
         level = ProtectionLevel(answer)
-        principal = str(self._context.initiator_name)
+        principal = _display_name(self._context.initiator_name)
         identity = Identity(
             AuthMethod.GSSAPI,
             principal,
             {
                 "mechanism": self._settings.mechanism,
                 "protection": level_name(level),
-                "service": str(self._context.target_name),
+                "service": self._target,
             },
         )
         protection = None if level == ProtectionLevel.CLEAR else GSSAPIStreamProtection(self._context, level)
