@@ -70,6 +70,9 @@ class TestRealm:
         return {**os.environ, **self.realm.env}
 
     def addUser(self, name: str, password: str) -> str:
+        """Add a user principal (kadmin.local splits its query on spaces: no spaces in ``password``)."""
+        if " " in password:
+            raise ValueError("k5test passes the password through a kadmin query: no spaces")
         principal = f"{name}@{self.name}"
         self.realm.addprinc(principal, password)
         return principal

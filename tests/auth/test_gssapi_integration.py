@@ -357,3 +357,48 @@ class MultiRoundTests(GSSAPITestCase):
         [line] = [line for line in logs if "TESTDOM\\alice authenticated with spnego" in line]
         # NTLM: NEGOTIATE, AUTHENTICATE from the client (the server answers CHALLENGE, then completes).
         self.assertIn("after 2 client tokens", line)
+
+
+class CredentialFailureTests(GSSAPITestCase):
+    @inlineCallbacks
+    def test_expired_ticket(self):
+        from twisted.internet.task import deferLater
+
+        principal = self.realm.addUser("shortlived", "short-password")
+        ccache = os.path.abspath(self.mktemp())
+        self.realm.kinit(principal, "short-password", ccache, flags=["-l", "1s"])
+        # Expiry is about real time passing, so the test waits for it; nothing else is timed.
+        yield deferLater(reactor, 2.5, lambda: None)
+        socks_port, _ = self.startGSSAPI()
+        endpoint = self.endpoint(socks_port, "127.0.0.1", 9, ccache=ccache)
+        error = yield self.assertFailure(endpoint.connect(Factory.forProtocol(Fetcher)), ClientAuthenticationFailed)
+        self.assertIn("expired", str(error).lower())
+
+    @inlineCallbacks
+    def test_unknown_full_principal(self):
+        socks_port, _ = self.startGSSAPI()
+        endpoint = self.endpoint(socks_port, "127.0.0.1", 9, principal=f"rcmd/ghost@{self.realm.name}")
+        error = yield self.assertFailure(endpoint.connect(Factory.forProtocol(Fetcher)), ClientAuthenticationFailed)
+        self.assertIn("not found", str(error).lower())
+
+
+class RuleTests(GSSAPITestCase):
+    @inlineCallbacks
+    def test_rules_match_principals_and_realms(self):
+        from txsocksgss.errors import ConnectionNotAllowed
+        from txsocksgss.server.rules import rules_from_table
+
+        web_port, _ = self.byteServer(b"for the realm")
+        rules = rules_from_table({
+            "rule": [
+                {"action": "deny", "users": [self.realm.user_principal], "ports": [9]},
+                {"action": "allow", "users": [f"@{self.realm.name}"]},
+            ],
+        })
+        socks_port, _ = self.startGSSAPI(rules=rules)
+        allowed = self.endpoint(socks_port, "127.0.0.1", web_port)
+        protocol = yield allowed.connect(Factory.forProtocol(Fetcher))
+        data = yield protocol.done
+        self.assertTrue(data.endswith(b"for the realm"))
+        denied = self.endpoint(socks_port, "127.0.0.1", 9)
+        yield self.assertFailure(denied.connect(Factory.forProtocol(Fetcher)), ConnectionNotAllowed)
