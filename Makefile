@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 run:
 	@bash scripts/bootstrap.sh run
-	exec $(VENV)/bin/twistd -n socksgss $(ARGS)
+	exec $(VENV)/bin/twistd -n --pidfile= socksgss $(ARGS)
 
 test:
 	@bash scripts/bootstrap.sh test

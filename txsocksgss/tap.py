@@ -11,7 +11,7 @@ from twisted.python import usage
 
 from txsocksgss.errors import ConfigError
 from txsocksgss.server.config import DEFAULT_LISTEN, KNOWN_METHODS, Config
-from txsocksgss.server.service import SOCKSService, makeService as _makeService
+from txsocksgss.server.service import SOCKSService, makeServerFactory, makeServiceFromFactory
 
 __all__ = ["Options", "makeService", "config_from_options"]
 
@@ -87,8 +87,11 @@ class Options(usage.Options):
         self["method"].append(name)
 
     def postOptions(self) -> None:
+        # Build everything that can fail on a bad setting (password file,
+        # keytab, rules) now, so twistd prints a usage error, not a traceback.
         try:
             self.config = config_from_options(self)
+            self.factory = makeServerFactory(self.config)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
 
@@ -116,4 +119,4 @@ def config_from_options(options: Any) -> Config:
 
 def makeService(options: Options) -> SOCKSService:
     """twistd's IServiceMaker entry."""
-    return _makeService(options.config)
+    return makeServiceFromFactory(options.config, options.factory)

@@ -67,5 +67,10 @@ def bindThroughProxy(
     def granted(address: Address) -> PendingBind:
         return PendingBind(address, cancellable(handshake.established, handshake), handshake)
 
+    def refused(failure: Any) -> Any:
+        # The same error fails `established`, which nobody will wait on now.
+        handshake.established.addErrback(lambda _: None)
+        return failure
+
     d: Deferred[Any] = run_handshake(endpoint.proxy, handshake, lambda h: h.firstReply)
-    return d.addCallback(granted)
+    return d.addCallbacks(granted, refused)

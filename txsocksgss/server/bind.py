@@ -61,7 +61,10 @@ class BindCommand:
         context = self.session.context
         if not _is_unspecified(self.destination.host):
             self._expected = {str(ipaddress.ip_address(a)) for a in allowed}
-        interface = context.external or self.session.transport.getHost().host  # type: ignore[union-attr]
+        interface = self.session.listeningInterface()
+        if interface is None:
+            self.session.closeWith("BIND on a non-IP listener needs --external ADDRESS", ReplyCode.GENERAL_FAILURE)
+            return
         self._port = context.reactor.listenTCP(0, _BindFactory(self), backlog=1, interface=interface)
         bound = self._port.getHost()  # type: ignore[union-attr]
         self.session.sendReply(ReplyCode.SUCCEEDED, Address.of(bound.host, bound.port))

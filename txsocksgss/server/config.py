@@ -159,11 +159,6 @@ class Config:
                 raise ConfigError(f"unknown method {method!r}; known: {', '.join(KNOWN_METHODS)}")
         if len(set(self.effective_methods)) != len(self.effective_methods):
             raise ConfigError(f"a method is listed twice: {', '.join(self.effective_methods)}")
-        if "userpass" in self.effective_methods and not self.passwd:
-            raise ConfigError(
-                "method userpass needs a password file: --passwd FILE "
-                "(create it with `socksgss passwd FILE USER`)"
-            )
         if self.negotiation_timeout <= 0:
             raise ConfigError("negotiation timeout must be a positive number of seconds")
         if self.idle_timeout is not None and self.idle_timeout < 0:
@@ -185,15 +180,12 @@ class Config:
             except ValueError:
                 raise ConfigError(f"--external must be an IP address, not {self.external!r}") from None
         if "none" in self.effective_methods and not self.allow_open:
-            public = [desc for desc in self.listen if not endpoint_is_loopback(desc)]
-            if public:
-                raise ConfigError(
-                    f"refusing to start an unauthenticated proxy on {public[0]}: anyone who can "
-                    "reach that address could use it.  Listen on 127.0.0.1 "
-                    "(--listen tcp:1080:interface=127.0.0.1), require a password "
-                    "(--method userpass --passwd FILE), or pass --allow-open if the "
-                    "network or the rules already restrict who can connect"
-                )
+            # Checked again on the methods actually served (service.check_open_proxy);
+            # here so that a bad configuration fails before anything is built.
+            from txsocksgss.server.service import check_open_proxy
+            from txsocksgss.auth.none import NoAuthServerFactory
+
+            check_open_proxy(self, [NoAuthServerFactory()])
 
 
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:

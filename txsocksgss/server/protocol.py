@@ -160,8 +160,9 @@ class SOCKS5ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", None)
         self.record = SessionRecord(
-            client=f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', 0)}",
+            client=_format_destination(host, peer.port) if host is not None else "unix",
             started=self.context.reactor.seconds(),
         )
         self.context.sessionStarted(self)
@@ -362,6 +363,16 @@ class SOCKS5ServerProtocol(Protocol):
             self._command_handler = UDPAssociateCommand(self, destination)
             self._command_handler.start()
 
+    def listeningInterface(self) -> str | None:
+        """
+        The IP address BIND and UDP ASSOCIATE listen on: ``external``, else
+        the address the client reached; None on a non-IP listener (UNIX
+        socket) without ``external``.
+        """
+        if self.context.external:
+            return self.context.external
+        return getattr(self.transport.getHost(), "host", None)  # type: ignore[union-attr]
+
     def accessRequest(self, command: str, host: str, port: int, address: str | None) -> AccessRequest:
         """The `AccessRequest` for this session's client and identity, for the policy."""
         peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -387,7 +398,7 @@ class SOCKS5ServerProtocol(Protocol):
                 command=command,
                 destination=_format_destination(address or host, port),
                 client=self.record.client if self.record else "-",
-                user=self.identity.user if self.identity else None,
+                user=(self.identity.user if self.identity else None) or "-",
                 rule=decision.rule,
             )
         return decision

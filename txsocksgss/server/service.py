@@ -19,12 +19,14 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from txsocksgss.auth.checkers import FirstMatchChecker
 from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.auth.passwordfile import PasswordFileChecker
 from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
 from txsocksgss.errors import ConfigError
 from txsocksgss.interfaces import IServerAuthenticatorFactory
-from txsocksgss.server.config import Config
+from txsocksgss.server.config import Config, endpoint_is_loopback
+from txsocksgss.wire.socks5 import AuthMethod
 from txsocksgss.server.protocol import ServerContext, SOCKSServerFactory
 
 __all__ = ["makeService", "makeServerFactory", "SOCKSService"]
@@ -44,8 +46,12 @@ def _authenticators(
             if config.passwd:
                 all_checkers.insert(0, PasswordFileChecker(config.passwd))
             if not all_checkers:
-                raise ConfigError("method userpass needs a password file or a credentials checker")
-            factories.append(UserPassServerFactory(Portal(realm or SOCKSUserRealm(), all_checkers)))
+                raise ConfigError(
+                    "method userpass needs a password file: --passwd FILE "
+                    "(create it with `socksgss passwd FILE USER`)"
+                )
+            checker = all_checkers[0] if len(all_checkers) == 1 else FirstMatchChecker(all_checkers)
+            factories.append(UserPassServerFactory(Portal(realm or SOCKSUserRealm(), [checker])))
         elif name == "gssapi":
             from txsocksgss.auth.gssapi import GSSAPIServerFactory, parse_levels
 
@@ -89,6 +95,7 @@ def makeServerFactory(
         methods = _authenticators(config, checkers, realm)
     else:
         methods = tuple(authenticators)
+    check_open_proxy(config, methods)
     context = ServerContext(
         reactor=reactor,
         resolver=reactor.nameResolver,
@@ -101,11 +108,31 @@ def makeServerFactory(
     return SOCKSServerFactory(context)
 
 
+def check_open_proxy(config: Config, methods: Iterable[IServerAuthenticatorFactory]) -> None:
+    """
+    Refuse an unauthenticated method on a listener other clients can reach,
+    unless ``config.allow_open``: the open-proxy check, on the methods
+    actually served (a program's own authenticators included).
+    """
+    if config.allow_open or not any(m.method == AuthMethod.NONE for m in methods):
+        return
+    public = [desc for desc in config.listen if not endpoint_is_loopback(desc)]
+    if public:
+        raise ConfigError(
+            f"refusing to start an unauthenticated proxy on {public[0]}: anyone who can "
+            "reach that address could use it.  Listen on 127.0.0.1 "
+            "(--listen tcp:1080:interface=127.0.0.1), require a password "
+            "(--method userpass --passwd FILE), or pass --allow-open if the "
+            "network or the rules already restrict who can connect"
+        )
+
+
 class SOCKSService(MultiService):
     """A MultiService with one listener per ``config.listen`` entry; ``factory`` serves them all."""
 
     def __init__(self, config: Config, factory: SOCKSServerFactory, reactor: Any) -> None:
         super().__init__()
+        self.methods = ", ".join(m.name for m in factory.context.authenticators)
         self.config = config
         self.factory = factory
         for description in config.listen:
@@ -122,8 +149,8 @@ class SOCKSService(MultiService):
         _log.info(
             "txsocksgss listening on {listen}; methods {methods}; rules: {rules}",
             listen=", ".join(self.config.listen),
-            methods=", ".join(self.config.effective_methods),
-            rules=self.config.rules_file or "built in",
+            methods=self.methods,
+            rules=self.config.rules_file or ("inline" if self.config.rules.rules else "none (allow all)"),
         )
 
 
@@ -144,4 +171,13 @@ def makeService(
 
         reactor = global_reactor
     factory = makeServerFactory(config, reactor, checkers, realm, authenticators)
+    return SOCKSService(config, factory, reactor)
+
+
+def makeServiceFromFactory(config: Config, factory: SOCKSServerFactory, reactor: Any = None) -> SOCKSService:
+    """The service for a factory already built with `makeServerFactory` (twistd builds it while parsing options)."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
     return SOCKSService(config, factory, reactor)

@@ -86,7 +86,7 @@ class UDPAssociateCommand:
         self.bytes_to_client = 0
         self.dropped = 0
         peer = session.transport.getPeer()  # type: ignore[union-attr]
-        self._client_host = _normalize(peer.host)
+        self._client_host = _normalize(getattr(peer, "host", ""))
         self._client_port: int | None = declared.port or None
         self._client_side: Any = None
         self._remote_sides: dict[int, Any] = {}
@@ -99,7 +99,11 @@ class UDPAssociateCommand:
 
     def start(self) -> None:
         context = self.session.context
-        interface = context.external or self.session.transport.getHost().host  # type: ignore[union-attr]
+        interface = self.session.listeningInterface()
+        if interface is None or not self._client_host:
+            self.session.closeWith("UDP ASSOCIATE needs a TCP listener and, on others, --external ADDRESS",
+                                   ReplyCode.GENERAL_FAILURE)
+            return
         try:
             self._client_side = context.reactor.listenUDP(0, _ClientSide(self), interface=interface)
         except Exception as error:  # CannotListenError and friends
