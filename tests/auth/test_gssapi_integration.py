@@ -402,3 +402,20 @@ class RuleTests(GSSAPITestCase):
         self.assertTrue(data.endswith(b"for the realm"))
         denied = self.endpoint(socks_port, "127.0.0.1", 9)
         yield self.assertFailure(denied.connect(Factory.forProtocol(Fetcher)), ConnectionNotAllowed)
+
+
+class EndpointStringTests(GSSAPITestCase):
+    @inlineCallbacks
+    def test_socks5_string_with_gssapi_end_to_end(self):
+        from twisted.internet.endpoints import clientFromString
+
+        web_port, _ = self.byteServer(b"described")
+        socks_port, factory = self.startGSSAPI()
+        endpoint = clientFromString(
+            reactor,
+            f"socks5:{SERVICE_HOST}:{socks_port}:host=127.0.0.1:port={web_port}"
+            ":methods=gssapi:gssapi_protection=integrity",
+        )
+        protocol = yield endpoint.connect(Factory.forProtocol(Fetcher))
+        data = yield protocol.done
+        self.assertTrue(data.endswith(b"described"))

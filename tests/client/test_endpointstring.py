@@ -207,7 +207,7 @@ class SOCKS5ParsingTests(SynchronousTestCase):
 
     def test_unknown_keys_are_named(self):
         message = self.assertRejected("socks5:p:1080:host=h:port=80:usr=bob:pasword=x", "unknown keys", "pasword, usr")
-        self.assertIn("known: host", message)
+        self.assertIn("host, methods, password, port", message)
 
     def test_userid_is_not_a_socks5_key(self):
         self.assertRejected("socks5:p:1080:host=h:port=80:userid=bob", "unknown key userid")
@@ -251,7 +251,7 @@ class SOCKS5ParsingTests(SynchronousTestCase):
         self.assertNotIn("s" * 256, message)
 
     def test_bad_methods(self):
-        self.assertRejected("socks5:p:host=h:port=80:methods=gssapi", "unknown method 'gssapi'")
+        self.assertRejected("socks5:p:host=h:port=80:methods=kerberos", "unknown method 'kerberos'")
         self.assertRejected("socks5:p:host=h:port=80:methods=userpass", "user= and password= are missing")
         self.assertRejected("socks5:p:host=h:port=80:user=u:password=p:methods=none",
                             "methods= does not offer userpass")
@@ -443,3 +443,50 @@ class EndToEndTests(IntegrationTestCase):
         protocol = yield endpoint.connect(Factory.forProtocol(Fetcher))
         data = yield protocol.done
         self.assertTrue(data.endswith(b"inner tcp"))
+
+
+class SOCKS5GSSAPIParsingTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+
+    def parse(self, description: str):
+        return clientFromString(self.reactor, description)
+
+    def test_gssapi_offer_and_options(self):
+        from txsocksgss.auth.gssapi import GSSAPIClientFactory
+        from txsocksgss.wire.gssapi import ProtectionLevel
+
+        endpoint = self.parse(
+            "socks5:proxy.example:1080:host=h:port=80:gssapi_protection=integrity:gssapi_accept=integrity,confidentiality"
+            ":gssapi_mech=spnego:gssapi_service=socks:gssapi_ccache=/tmp/cc:gssapi_nec=true"
+        )
+        [gssapi, none] = endpoint.methods
+        self.assertIsInstance(gssapi, GSSAPIClientFactory)
+        self.assertEqual(gssapi.host, "proxy.example")
+        self.assertEqual(gssapi.service, "socks")
+        self.assertEqual(gssapi.mechanism, "spnego")
+        self.assertEqual(gssapi.ccache, "/tmp/cc")
+        self.assertEqual(gssapi.level, ProtectionLevel.INTEGRITY)
+        self.assertEqual(gssapi.accept, (ProtectionLevel.INTEGRITY, ProtectionLevel.CONFIDENTIALITY))
+        self.assertTrue(gssapi.nec)
+        self.assertEqual(none.method, 0)
+
+    def test_methods_gssapi_only(self):
+        endpoint = self.parse("socks5:proxy.example:host=h:port=80:methods=gssapi")
+        self.assertEqual([m.method for m in endpoint.methods], [1])
+        self.assertEqual(endpoint.methods[0].level, 2)
+
+    def test_gssapi_needs_a_host_with_proxy_endpoint(self):
+        with self.assertRaises(ValueError) as caught:
+            self.parse("socks5:host=h:port=80:methods=gssapi:proxy=tcp\\:127.0.0.1\\:1080")
+        self.assertIn("gssapi_host", str(caught.exception))
+
+    def test_bad_gssapi_values(self):
+        for description, text in [
+            ("socks5:p:host=h:port=80:gssapi_protection=secret", "unknown GSS-API protection level"),
+            ("socks5:p:host=h:port=80:gssapi_mech=ntlm", "unknown GSS-API mechanism"),
+            ("socks5:p:host=h:port=80:gssapi_nec=maybe", "not true or false"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                self.parse(description)
+            self.assertIn(text, str(caught.exception))

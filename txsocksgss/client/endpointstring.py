@@ -57,6 +57,19 @@ Authentication (``socks5``)
     falls back to an anonymous session).  Without credentials the offer is
     ``none``.
 
+GSS-API (``socks5``, RFC 1961)
+    ``methods=gssapi`` or any ``gssapi_*`` key offers GSS-API, first: by
+    default the offer is gssapi, then userpass (with credentials), then
+    none, as curl does; ``methods=`` restricts it.  Keys:
+    ``gssapi_service`` (default ``rcmd``), ``gssapi_host`` (default
+    PROXYHOST; the target is ``SERVICE@HOST``), ``gssapi_principal`` (a full
+    target principal instead), ``gssapi_mech`` (``krb5`` or ``spnego``),
+    ``gssapi_ccache`` (a credential cache path), ``gssapi_protection`` (the
+    level to request: ``confidentiality``, ``integrity`` or ``clear``),
+    ``gssapi_accept`` (comma-separated levels accepted in the answer;
+    default: the one requested), ``gssapi_nec`` and ``gssapi_delegate``
+    (``true``/``false``).
+
 ``userid=`` (``socks4``, ``socks4a``)
     The SOCKS 4 USERID field; it may be empty.  Default: the local user name.
 
@@ -110,7 +123,11 @@ DEFAULT_PROXY_PORT = 1080
 
 _PORT = re.compile(r"[0-9]{1,5}")
 _COMMON_KEYS = frozenset({"host", "port", "timeout", "proxy", "proxyhost", "proxyport"})
-_METHOD_NAMES = ("none", "userpass")
+_METHOD_NAMES = ("none", "userpass", "gssapi")
+_GSSAPI_KEYS = (
+    "gssapi_service", "gssapi_host", "gssapi_principal", "gssapi_mech", "gssapi_ccache",
+    "gssapi_protection", "gssapi_accept", "gssapi_nec", "gssapi_delegate",
+)
 
 
 def _text(value: Any) -> str:
@@ -151,23 +168,24 @@ class _SOCKSEndpointStringParser:
                 f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                 f"(known: {', '.join(sorted(allowed))})"
             )
-        proxy = self._proxy(reactor, positional, keys)
+        proxy, proxy_host = self._proxy(reactor, positional, keys)
         if "host" not in keys:
             raise self._error("missing host=DESTINATION")
         if "port" not in keys:
             raise self._error("missing port=DESTINATION_PORT")
         destination = self._destination(keys["host"], self._port(keys["port"], "port"))
         timeout = self._timeout(keys.get("timeout"))
-        return self._build(reactor, proxy, destination, timeout, keys)
+        return self._build(reactor, proxy, destination, timeout, keys, proxy_host)
 
     def _build(self, reactor: Any, proxy: IStreamClientEndpoint, destination: Address,
-               timeout: float | None, keys: Mapping[str, str]) -> IStreamClientEndpoint:
+               timeout: float | None, keys: Mapping[str, str], proxy_host: str | None) -> IStreamClientEndpoint:
         raise NotImplementedError
 
     def _error(self, message: str) -> ValueError:
         return ValueError(f"{self.prefix} endpoint description: {message}")
 
-    def _proxy(self, reactor: Any, positional: Sequence[str], keys: Mapping[str, str]) -> IStreamClientEndpoint:
+    def _proxy(self, reactor: Any, positional: Sequence[str],
+               keys: Mapping[str, str]) -> tuple[IStreamClientEndpoint, str | None]:
         if len(positional) > 2:
             raise self._error(
                 f"{len(positional)} positional fields {positional!r}; expected at most "
@@ -186,7 +204,7 @@ class _SOCKSEndpointStringParser:
         if "proxy" in keys:
             if host is not None or port is not None:
                 raise self._error("give either PROXYHOST[:PROXYPORT] or proxy=ENDPOINT, not both")
-            return self._innerEndpoint(reactor, keys["proxy"])
+            return self._innerEndpoint(reactor, keys["proxy"]), None
         if host is None:
             if port is not None:
                 raise self._error("proxyport= without a proxy host")
@@ -195,7 +213,7 @@ class _SOCKSEndpointStringParser:
         if not host:
             raise self._error("the proxy host is empty")
         proxyPort = DEFAULT_PROXY_PORT if port is None else self._port(port, "the proxy port")
-        return HostnameEndpoint(reactor, host, proxyPort)
+        return HostnameEndpoint(reactor, host, proxyPort), host
 
     def _innerEndpoint(self, reactor: Any, description: str) -> IStreamClientEndpoint:
         if not description:
@@ -262,15 +280,52 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
     """
 
     prefix = "socks5"
-    _extraKeys = frozenset({"user", "password", "methods"})
+    _extraKeys = frozenset({"user", "password", "methods"}) | frozenset(_GSSAPI_KEYS)
 
     def _build(self, reactor: Any, proxy: IStreamClientEndpoint, destination: Address,
-               timeout: float | None, keys: Mapping[str, str]) -> IStreamClientEndpoint:
-        methods = self._methods(keys)
+               timeout: float | None, keys: Mapping[str, str], proxy_host: str | None) -> IStreamClientEndpoint:
+        methods = self._methods(keys, proxy_host)
         return SOCKS5ClientEndpoint(proxy, destination.host, destination.port, methods,
                                     timeout=timeout, clock=reactor)
 
-    def _methods(self, keys: Mapping[str, str]) -> list[IClientAuthenticatorFactory]:
+    def _gssapi(self, keys: Mapping[str, str], proxy_host: str | None) -> IClientAuthenticatorFactory | None:
+        given = {k: v for k, v in keys.items() if k in _GSSAPI_KEYS}
+        wanted = given or "gssapi" in [n.strip().lower() for n in keys.get("methods", "").split(",")]
+        if not wanted:
+            return None
+        from txsocksgss.auth.gssapi import GSSAPIClientFactory, parse_levels
+        from txsocksgss.errors import ConfigError
+
+        try:
+            host = given.get("gssapi_host", proxy_host)
+            if host is None and "gssapi_principal" not in given:
+                raise ConfigError("with proxy= give gssapi_host= or gssapi_principal= for the service name")
+            level = parse_levels(given.get("gssapi_protection", "confidentiality"))
+            if len(level) != 1:
+                raise ConfigError("gssapi_protection= names the one level to request")
+            accept = parse_levels(given["gssapi_accept"]) if "gssapi_accept" in given else None
+            return GSSAPIClientFactory(
+                host=host,
+                service=given.get("gssapi_service", "rcmd"),
+                principal=given.get("gssapi_principal"),
+                mechanism=given.get("gssapi_mech", "krb5"),
+                ccache=given.get("gssapi_ccache"),
+                level=level[0],
+                accept=accept,
+                nec=self._flag(given, "gssapi_nec"),
+                delegate=self._flag(given, "gssapi_delegate"),
+            )
+        except ConfigError as error:
+            raise self._error(str(error)) from error
+
+    def _flag(self, keys: Mapping[str, str], name: str) -> bool:
+        value = keys.get(name, "false").lower()
+        if value not in ("true", "false", "yes", "no", "1", "0"):
+            raise self._error(f"{name}={value!r} is not true or false")
+        return value in ("true", "yes", "1")
+
+    def _methods(self, keys: Mapping[str, str], proxy_host: str | None = None) -> list[IClientAuthenticatorFactory]:
+        gssapi = self._gssapi(keys, proxy_host)
         if ("user" in keys) != ("password" in keys):
             raise self._error("user= and password= must be given together")
         credentials = None
@@ -288,15 +343,15 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
             if len(set(names)) != len(names):
                 raise self._error(f"methods={keys['methods']!r} names a method twice")
         else:
-            names = ["userpass", "none"] if credentials is not None else ["none"]
+            names = (["gssapi"] if gssapi is not None else []) + (["userpass"] if credentials is not None else [])
+            names.append("none")
         if "userpass" in names and credentials is None:
             raise self._error("methods= offers userpass but user= and password= are missing")
         if credentials is not None and "userpass" not in names:
             raise self._error("user= and password= are given but methods= does not offer userpass")
-        offer: list[IClientAuthenticatorFactory] = []
-        for name in names:
-            offer.append(credentials if name == "userpass" and credentials is not None else NoAuthClientFactory())
-        return offer
+        by_name: dict[str, IClientAuthenticatorFactory | None] = {
+            "gssapi": gssapi, "userpass": credentials, "none": NoAuthClientFactory()}
+        return [by_name[name] for name in names]  # type: ignore[misc]
 
 
 @implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
@@ -311,7 +366,7 @@ class SOCKS4EndpointStringParser(_SOCKSEndpointStringParser):
     _namesAllowed = False
 
     def _build(self, reactor: Any, proxy: IStreamClientEndpoint, destination: Address,
-               timeout: float | None, keys: Mapping[str, str]) -> IStreamClientEndpoint:
+               timeout: float | None, keys: Mapping[str, str], proxy_host: str | None) -> IStreamClientEndpoint:
         if destination.type == AddressType.IPV6:
             raise self._error(f"host {destination.host!r} is IPv6, which SOCKS 4 cannot carry; use socks5")
         if destination.type == AddressType.DOMAIN and not self._namesAllowed:
