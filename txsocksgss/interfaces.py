@@ -26,6 +26,7 @@ __all__ = [
     "IStreamProtection",
     "IAccessPolicy",
     "ISOCKSUser",
+    "IIdentChecker",
 ]
 
 
@@ -163,3 +164,20 @@ class ISOCKSUser(Interface):
     """
 
     name = Attribute("The user name (str) that the access rules and the logs see.")
+
+
+class IIdentChecker(Interface):
+    """
+    The SOCKS 4 counterpart of an authenticator: SOCKS 4 has no method
+    negotiation, so the server judges the USERID a client sends (with an
+    RFC 1413 lookup, or not at all) before it serves the request.
+    """
+
+    def check(client, server, userid):  # type: ignore[misc]
+        """
+        :param client: (host, port) of the client, as the server sees it.
+        :param server: (host, port) the client connected to.
+        :param str userid: the request's USERID.
+        :return: a Deferred firing with a `txsocksgss.auth.ident.IdentOutcome`
+            (the session's user, or the SOCKS 4 reply code to refuse with).
+        """

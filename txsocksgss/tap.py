@@ -54,6 +54,11 @@ class Options(usage.Options):
          "IP address on which BIND and UDP ASSOCIATE listen (default: the address the client connected to)."],
         ["gssapi-keytab", None, None,
          "GSS-API: keytab holding the service principal's keys (default: KRB5_KTNAME or /etc/krb5.keytab)."],
+        ["ident", None, None,
+         "SOCKS 4 ident (RFC 1413) check: off, log (ask identd and log) or require (refuse with 92/93) "
+         "(default off)."],
+        ["ident-port", None, None, "Port of the identd on client hosts (default 113).", int],
+        ["ident-timeout", None, None, "Seconds an ident lookup may take (default 10).", _seconds],
         ["gssapi-service", None, None, "GSS-API: service name clients target, as in rcmd/HOST (default rcmd)."],
         ["gssapi-mech", None, None, "GSS-API: mechanism to accept: krb5, spnego or any (default any)."],
         ["gssapi-protection", None, None,
@@ -68,6 +73,7 @@ class Options(usage.Options):
             "method": usage.CompleteList(list(KNOWN_METHODS)),
             "gssapi-keytab": usage.CompleteFiles(),
             "gssapi-mech": usage.CompleteList(["krb5", "spnego", "any"]),
+            "ident": usage.CompleteList(["off", "log", "require"]),
         },
     )
 
@@ -114,6 +120,9 @@ def config_from_options(options: Any) -> Config:
         gssapi_mech=options["gssapi-mech"],
         gssapi_protection=options["gssapi-protection"],
         gssapi_nec=True if options["gssapi-nec"] else None,
+        ident=options["ident"],
+        ident_port=options["ident-port"],
+        ident_timeout=options["ident-timeout"],
     )
 
 

@@ -93,3 +93,35 @@ class CurlSOCKS5Tests(IntegrationTestCase):
         # curl 7.88 prints the SOCKS reply code: "Can't complete SOCKS5 connection to localhost. (2)"
         self.assertIn(b"(2)", err)
         self.assertEqual(web.closed, 0)
+
+
+class CurlSOCKS4Tests(IntegrationTestCase):
+    def curl(self, *args: str):
+        return run_program(require_program("curl"), ["--silent", "--show-error", "--max-time", "60", *args])
+
+    @inlineCallbacks
+    def test_socks4(self):
+        body = os.urandom(500_000)
+        web_port, _ = self.byteServer(body)
+        socks_port, _ = self.startSOCKS()
+        out, err, code = yield self.curl("--socks4", f"127.0.0.1:{socks_port}", f"http://127.0.0.1:{web_port}/")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, body)
+
+    @inlineCallbacks
+    def test_socks4a_name_resolved_by_the_proxy(self):
+        web_port, _ = self.byteServer(b"four-a")
+        socks_port, factory = self.startSOCKS()
+        logs = self.captureLogs()
+        out, err, code = yield self.curl("--socks4a", f"127.0.0.1:{socks_port}", f"http://localhost:{web_port}/")
+        self.assertEqual((code, out), (0, b"four-a"), err)
+        self.assertTrue([line for line in logs if "socks4" in line and f"destination=localhost:{web_port}" in line])
+
+    @inlineCallbacks
+    def test_socks4_denied_by_rule(self):
+        web_port, web = self.byteServer(b"no")
+        rules = rules_from_table({"rule": [{"action": "deny", "versions": [4]}], "default": "allow"})
+        socks_port, _ = self.startSOCKS(rules=rules)
+        _out, err, code = yield self.curl("--socks4", f"127.0.0.1:{socks_port}", f"http://127.0.0.1:{web_port}/")
+        self.assertEqual(code, CURL_PROXY_HANDSHAKE_ERROR, err)
+        self.assertEqual(web.closed, 0)

@@ -140,7 +140,7 @@ class MethodSelectionTests(SynchronousTestCase):
 
     def test_wrong_version_closes_without_reply(self) -> None:
         harness = ServerHarness()
-        harness.send(b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00")
+        harness.send(b"\x06\x01\x00")
         self.assertEqual(harness.take(), b"")
         self.assertTrue(harness.transport.disconnecting)
 

@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectError, ConnectionDone, DNSLookupError
+from twisted.internet.error import ConnectError, ConnectionDone, DNSLookupError, MessageLengthError
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IResolutionReceiver
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -644,6 +644,7 @@ class _StdioBridge:
         self._stdout_open = False
         self._tunnel_closed = False
         self._tunnel_reason: Failure | None = None
+        self._failed = False
 
     def factory(self) -> Factory:
         """The factory for the application protocol on the tunnel (one protocol)."""
@@ -661,8 +662,14 @@ class _StdioBridge:
 
     def tunnelMade(self, transport: Any) -> None:
         self.tunnel = transport
+        try:
+            self.stdio = self._open_stdio(_StdioSide(self))
+        except OSError as error:
+            self._console.error(f"cannot use standard input and output: {error.strerror or error}")
+            self._failed = True
+            transport.loseConnection()
+            return
         self._stdout_open = True
-        self.stdio = self._open_stdio(_StdioSide(self))
         transport.registerProducer(self.stdio, True)
         self.stdio.registerProducer(transport, True)
 
@@ -714,7 +721,9 @@ class _StdioBridge:
         if self.finished.called:
             return
         reason = self._tunnel_reason
-        if reason is None or reason.check(ConnectionDone):
+        if self._failed:
+            self.finished.callback(EXIT_FAILURE)
+        elif reason is None or reason.check(ConnectionDone):
             self.finished.callback(EXIT_OK)
         else:
             self._console.error(f"connection lost: {reason.getErrorMessage()}")
@@ -762,7 +771,7 @@ class _StdioSide(Protocol):
 
 # --- the Twisted glue: datagrams ---------------------------------------------------------
 
-_MAX_LINE = 0xFFFF  # no UDP payload is longer; a longer line is sent as it is and refused
+_MAX_LINE = 0xFFFF  # no UDP payload is longer: a longer line is dropped whole, not split
 
 
 class _DatagramLines(DatagramProtocol):
@@ -783,14 +792,23 @@ class _DatagramLines(DatagramProtocol):
         self.stdio: Any = None
         self.finished: Deferred[int] = Deferred()
         self._pending = b""
+        self._discarding = False
         self._closing = False
+        self._failed = False
         self._stdout_open = False
 
     def attach(self, association: Any, open_stdio: Callable[[Protocol], Any]) -> None:
         self.association = association
-        self._stdout_open = True
-        self.stdio = open_stdio(_LineSide(self))
         association.closed.addCallback(lambda _: self._associationEnded())
+        try:
+            self.stdio = open_stdio(_LineSide(self))
+        except OSError as error:
+            self.console.error(f"cannot use standard input and output: {error.strerror or error}")
+            self._failed = True
+            self._closing = True
+            association.close()
+            return
+        self._stdout_open = True
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         if self._stdout_open:
@@ -800,13 +818,18 @@ class _DatagramLines(DatagramProtocol):
         self._pending += data
         *lines, self._pending = self._pending.split(b"\n")
         for line in lines:
+            if self._discarding:
+                self._discarding = False  # the end of a line too long to send
+                continue
             self._send(line[:-1] if line.endswith(b"\r") else line)
         if len(self._pending) > _MAX_LINE:
-            line, self._pending = self._pending, b""
-            self._send(line)
+            self._pending = b""
+            if not self._discarding:
+                self._discarding = True
+                self.console.error(f"a line longer than {_MAX_LINE} bytes cannot be a datagram; dropped")
 
     def lineEOF(self) -> None:
-        if self._pending:
+        if self._pending and not self._discarding:
             line, self._pending = self._pending, b""
             self._send(line)
         self._closing = True
@@ -830,8 +853,9 @@ class _DatagramLines(DatagramProtocol):
             return
         try:
             self.association.write(line, self.target)
-        except OSError as error:  # too long for UDP, unreachable relay, ...
-            self.console.error(f"datagram of {len(line)} bytes not sent: {error}")
+        except (OSError, MessageLengthError) as error:  # too long for UDP, unreachable relay, ...
+            reason = str(error).rstrip(".")
+            self.console.error(f"datagram of {len(line)} bytes not sent: {reason}")
 
     def _associationEnded(self) -> None:
         if not self._closing:
@@ -843,7 +867,7 @@ class _DatagramLines(DatagramProtocol):
 
     def _done(self) -> None:
         if not self.finished.called:
-            self.finished.callback(EXIT_OK if self._closing else EXIT_FAILURE)
+            self.finished.callback(EXIT_OK if self._closing and not self._failed else EXIT_FAILURE)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -1045,12 +1069,31 @@ def add_connect_parser(subparsers: "argparse._SubParsersAction[argparse.Argument
     parser.set_defaults(run=_run)
 
 
+def _ensure_standard_fds() -> None:
+    """
+    Put /dev/null on a closed stdin or stdout (``<&-``, ``>&-``): a closed
+    stdin reads as empty, a closed stdout discards, rather than the reactor
+    failing on a bad descriptor.
+    """
+    import os
+
+    for fd in (0, 1):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
     except UsageError as error:
         print(f"{_PROGRAM} {_COMMAND}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    _ensure_standard_fds()
 
     from twisted.internet import task
 

@@ -40,6 +40,9 @@ _TOML_KEYS = {
     "gssapi_mech": "gssapi_mech",
     "gssapi_protection": "gssapi_protection",
     "gssapi_nec": "gssapi_nec",
+    "ident": "ident",
+    "ident_port": "ident_port",
+    "ident_timeout": "ident_timeout",
 }
 _RULE_KEYS = ("default", "rule")
 
@@ -71,6 +74,9 @@ class Config:
         ``confidentiality``, ``integrity``, ``clear``.
     :ivar gssapi_nec: accept the unwrapped protection-level octet of
         NEC-derived clients.
+    :ivar ident: SOCKS 4 ident (RFC 1413) checks: ``off``, ``log`` or ``require``.
+    :ivar ident_port: the identd port on client hosts (113).
+    :ivar ident_timeout: seconds an ident lookup may take.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -87,6 +93,9 @@ class Config:
     gssapi_mech: str = "any"
     gssapi_protection: tuple[str, ...] = ("confidentiality", "integrity")
     gssapi_nec: bool = False
+    ident: str = "off"
+    ident_port: int = 113
+    ident_timeout: float = 10.0
 
     @property
     def effective_methods(self) -> tuple[str, ...]:
@@ -174,6 +183,12 @@ class Config:
             raise ConfigError("--gssapi-protection lists a level twice")
         if not self.gssapi_service or "/" in self.gssapi_service or "@" in self.gssapi_service:
             raise ConfigError(f"--gssapi-service must be a bare service name such as rcmd, not {self.gssapi_service!r}")
+        if self.ident not in ("off", "log", "require"):
+            raise ConfigError(f"ident must be off, log or require, not {self.ident!r}")
+        if not 1 <= self.ident_port <= 65535:
+            raise ConfigError(f"ident port {self.ident_port} is not a port number")
+        if self.ident_timeout <= 0:
+            raise ConfigError("ident timeout must be a positive number of seconds")
         if self.external is not None:
             try:
                 ipaddress.ip_address(self.external)
@@ -197,7 +212,11 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{key} must be a list of strings")
             out[key] = tuple(value)
-        elif key in ("negotiation_timeout", "idle_timeout"):
+        elif key == "ident_port":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"ident_port must be a port number, not {value!r}")
+            out[key] = value
+        elif key in ("negotiation_timeout", "idle_timeout", "ident_timeout"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{key.replace('_', ' ')} must be a number of seconds, not {value!r}")
             out[key] = None if key == "idle_timeout" and value == 0 else float(value)
@@ -205,7 +224,7 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             out[key] = value
-        elif key in ("passwd", "rules_file", "external", "gssapi_keytab", "gssapi_service", "gssapi_mech"):
+        elif key in ("passwd", "rules_file", "external", "gssapi_keytab", "gssapi_service", "gssapi_mech", "ident"):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{key} must be a string")
             out[key] = value

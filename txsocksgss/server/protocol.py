@@ -24,7 +24,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet import error as ierror
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -36,13 +36,28 @@ from zope.interface import implementer
 
 from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity, SessionInfo
 from txsocksgss.errors import ProtocolError, UnsupportedAddressType, UnsupportedCommand
-from txsocksgss.interfaces import IAccessPolicy, IServerAuthenticator, IServerAuthenticatorFactory, IStreamProtection
+from txsocksgss.interfaces import (
+    IAccessPolicy,
+    IIdentChecker,
+    IServerAuthenticator,
+    IServerAuthenticatorFactory,
+    IStreamProtection,
+)
 from txsocksgss.protection import ProtectedTransport
 from txsocksgss.server.outbound import DestinationUnresolved, reply_code_for, resolve
 from txsocksgss.server.relay import Relay, UpstreamProtocol
 from txsocksgss.server.rules import AccessRequest, Decision
 from txsocksgss.server.session import SessionRecord
+from txsocksgss.auth.ident import IdentOutcome
 from txsocksgss.wire.reader import MessageBuffer
+from txsocksgss.wire.socks4 import (
+    SOCKS4_VERSION,
+    SOCKS4Command,
+    SOCKS4Reply,
+    SOCKS4ReplyCode,
+    SOCKS4Request,
+    parse_socks4_request,
+)
 from txsocksgss.wire.socks5 import (
     Address,
     AddressType,
@@ -98,6 +113,7 @@ class ServerContext:
     negotiation_timeout: float = 30.0
     idle_timeout: float | None = 3600.0
     external: str | None = None
+    ident: IIdentChecker | None = None
     sessions: set[Any] = field(default_factory=set)
     _drain_waiters: list[Deferred[None]] = field(default_factory=list)
 
@@ -142,6 +158,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
+        self.version = 5
         self.state = SessionState.GREETING
         self.identity: Identity | None = None
         self._buffer = MessageBuffer(limit=_NEGOTIATION_BUFFER_LIMIT)
@@ -221,10 +238,20 @@ class SOCKS5ServerProtocol(Protocol):
         try:
             while True:
                 if self.state is SessionState.GREETING:
+                    if not len(self._buffer):
+                        return
+                    if self._buffer.peek() == SOCKS4_VERSION:
+                        self._startSOCKS4()
+                        continue
                     greeting = self._buffer.next(parse_greeting)
                     if greeting is None:
                         return
                     self._selectMethod(greeting.methods)
+                elif self.state is SessionState.REQUEST and self.version == 4:
+                    request4 = self._buffer.next(parse_socks4_request)
+                    if request4 is None:
+                        return
+                    self._handleSOCKS4Request(request4)
                 elif self.state is SessionState.REQUEST:
                     request = self._buffer.next(parse_request)
                     if request is None:
@@ -239,6 +266,54 @@ class SOCKS5ServerProtocol(Protocol):
         except ProtocolError as error:
             reply = ReplyCode.GENERAL_FAILURE if self.state is SessionState.REQUEST else None
             self._close(f"protocol error in {self.state.value}: {error}", reply)
+
+    # -- SOCKS 4 and 4a -------------------------------------------------------
+
+    def _startSOCKS4(self) -> None:
+        """A first byte of 04: a SOCKS 4 request, with no method negotiation."""
+        assert self.record is not None
+        self.version = 4
+        self.record.version = 4
+        self.record.method = "socks4"
+        self.state = SessionState.REQUEST
+
+    def _handleSOCKS4Request(self, request: SOCKS4Request) -> None:
+        assert self.record is not None
+        self.state = SessionState.COMMAND
+        self._buffer.limit = _EARLY_DATA_LIMIT
+        host = request.hostname if request.hostname is not None else request.address
+        destination = Address.of(host, request.port)
+        self.record.command = "connect" if request.command == SOCKS4Command.CONNECT else "bind"
+        self.record.destination = _format_destination(destination.host, destination.port)
+        userid = request.userid.decode("utf-8", "replace")
+        checker = self.context.ident
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host_address = self.transport.getHost()  # type: ignore[union-attr]
+        if checker is None:
+            d: Deferred[Any] = succeed(IdentOutcome(user=userid or None))
+        else:
+            d = checker.check((peer.host, peer.port), (host_address.host, host_address.port), userid)
+        d.addCallback(self._identChecked, request.command, destination)
+        d.addErrback(self._commandFailed)
+        self._pending = d
+
+    def _identChecked(self, outcome: IdentOutcome, command: SOCKS4Command, destination: Address) -> None:
+        self._pending = None
+        if self.state is not SessionState.COMMAND:
+            return
+        assert self.record is not None
+        if outcome.refusal is not None:
+            self._close(f"ident: {outcome.reason}", outcome.refusal)
+            return
+        self.identity = Identity(method=-1, user=outcome.user, attributes={"ident": outcome.ident_answer})
+        self.record.user = outcome.user
+        if command == SOCKS4Command.CONNECT:
+            self._connect(destination)
+        else:
+            from txsocksgss.server.bind import BindCommand
+
+            self._command_handler = BindCommand(self, destination)
+            self._command_handler.start()
 
     def _selectMethod(self, offered: tuple[int, ...]) -> None:
         """RFC 1928 s3: the first method in the server's preference that the client offers."""
@@ -384,8 +459,8 @@ class SOCKS5ServerProtocol(Protocol):
             destination_port=port,
             destination_address=address,
             user=identity.user if identity is not None else None,
-            method=_method_name(self._method),
-            version=5,
+            method=_method_name(self._method) if self.version == 5 else "socks4",
+            version=self.version,
             attributes=dict(identity.attributes) if identity is not None else {},
         )
 
@@ -478,10 +553,21 @@ class SOCKS5ServerProtocol(Protocol):
 
     # -- used by the command handlers ----------------------------------------
 
-    def sendReply(self, code: ReplyCode, bound: Address = _UNSPECIFIED) -> None:
-        """Write one SOCKS 5 reply; the first one ends the negotiation timer."""
+    def sendReply(self, code: ReplyCode | SOCKS4ReplyCode, bound: Address = _UNSPECIFIED) -> None:
+        """Write one reply in the session's SOCKS version; the first one ends the negotiation timer."""
         self._cancelNegotiationTimer()
-        self.transport.write(Reply(code, bound).serialize())  # type: ignore[union-attr]
+        self.transport.write(self._reply(code, bound))  # type: ignore[union-attr]
+
+    def _reply(self, code: ReplyCode | SOCKS4ReplyCode, bound: Address) -> bytes:
+        if self.version == 5:
+            return Reply(code, bound).serialize()
+        # SOCKS 4 has one failure code (91) besides the two ident ones.
+        if isinstance(code, SOCKS4ReplyCode):
+            code4 = code
+        else:
+            code4 = SOCKS4ReplyCode.GRANTED if code == ReplyCode.SUCCEEDED else SOCKS4ReplyCode.REJECTED
+        address = bound.host if bound.type == AddressType.IPV4 else "0.0.0.0"
+        return SOCKS4Reply(code4, bound.port, address).serialize()
 
     def startRelay(self, upstream: UpstreamProtocol) -> None:
         """Join this connection and ``upstream`` (connected) in a `Relay`."""
@@ -542,10 +628,9 @@ class SOCKS5ServerProtocol(Protocol):
             self._negotiation_timer.cancel()
         self._negotiation_timer = None
 
-    def _close(self, outcome: str, send_reply: ReplyCode | None = None) -> None:
+    def _close(self, outcome: str, send_reply: ReplyCode | SOCKS4ReplyCode | None = None) -> None:
         if self.state is SessionState.CLOSED:
             return
-        was_command = self.state is SessionState.COMMAND
         self.state = SessionState.CLOSED
         self._cancelNegotiationTimer()
         if self._auth is not None:
@@ -558,8 +643,8 @@ class SOCKS5ServerProtocol(Protocol):
             pending.cancel()
         if self._command_handler is not None:
             self._command_handler.stop()
-        if send_reply is not None and (was_command or send_reply is not ReplyCode.SUCCEEDED):
-            self.transport.write(Reply(send_reply, _UNSPECIFIED).serialize())  # type: ignore[union-attr]
+        if send_reply is not None:
+            self.transport.write(self._reply(send_reply, _UNSPECIFIED))  # type: ignore[union-attr]
         if self.record is not None:
             handler = self._command_handler
             if handler is not None:

@@ -96,6 +96,11 @@ def makeServerFactory(
     else:
         methods = tuple(authenticators)
     check_open_proxy(config, methods)
+    ident = None
+    if config.ident != "off":
+        from txsocksgss.auth.ident import IdentChecker, IdentMode
+
+        ident = IdentChecker(IdentMode(config.ident), reactor, config.ident_port, config.ident_timeout)
     context = ServerContext(
         reactor=reactor,
         resolver=reactor.nameResolver,
@@ -104,6 +109,7 @@ def makeServerFactory(
         negotiation_timeout=config.negotiation_timeout,
         idle_timeout=config.idle_timeout,
         external=config.external,
+        ident=ident,
     )
     return SOCKSServerFactory(context)
 

@@ -142,6 +142,10 @@ class MessageBuffer:
         del self._buffer[: reader.offset]
         return message
 
+    def peek(self) -> int:
+        """The first buffered byte (the buffer must not be empty)."""
+        return self._buffer[0]
+
     def take_all(self) -> bytes:
         """Remove and return every buffered byte (for the stage after negotiation)."""
         data = bytes(self._buffer)

@@ -1,0 +1,272 @@
+"""
+SOCKS 4 and 4a on the same listener as SOCKS 5: the version is the first
+byte.  Unit tests with fakes (replies 90/91/92/93, 4a resolution, rules,
+malformed input at every byte) and integration with a real identd.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import error as ierror
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from tests.client.test_against_own_server import Fetcher
+from tests.server.test_protocol import ServerHarness
+from tests.support import IntegrationTestCase
+from txsocksgss.auth.ident import IdentOutcome
+from txsocksgss.client.endpoints import SOCKS4ClientEndpoint
+from txsocksgss.errors import SOCKS4IdentMismatch, SOCKS4IdentUnreachable, SOCKS4Rejected
+from txsocksgss.interfaces import IIdentChecker
+from txsocksgss.server.protocol import SessionState
+from txsocksgss.server.rules import rules_from_table
+from txsocksgss.wire.socks4 import SOCKS4Command, SOCKS4ReplyCode, SOCKS4Request
+
+
+def request(host="192.0.2.1", port=80, userid=b"alice", command=SOCKS4Command.CONNECT) -> bytes:
+    if host[0].isdigit():
+        return SOCKS4Request(command, port, host, userid).serialize()
+    return SOCKS4Request(command, port, "0.0.0.1", userid, host).serialize()
+
+
+@implementer(IIdentChecker)
+class FixedIdent:
+    def __init__(self, outcome: IdentOutcome):
+        self.outcome = outcome
+        self.asked = []
+
+    def check(self, client, server, userid):
+        self.asked.append((client, server, userid))
+        return succeed(self.outcome)
+
+
+class SOCKS4UnitTests(SynchronousTestCase):
+    def test_connect_granted_with_bound_address(self):
+        harness = ServerHarness()
+        harness.send(request())
+        self.assertEqual(harness.reactor.tcpClients[0][:2], ("192.0.2.1", 80))
+        harness.complete_connect()
+        self.assertEqual(harness.take(), b"\x00\x5a\x15\xb3\xc0\x00\x02\x07")  # 192.0.2.7:5555
+        self.assertEqual(harness.protocol.record.version, 4)
+        self.assertEqual(harness.protocol.identity.user, "alice")
+
+    def test_socks4a_name_resolved_by_the_server(self):
+        harness = ServerHarness(names={"example.test": ["192.0.2.9"]})
+        harness.send(request("example.test"))
+        self.assertEqual(harness.reactor.tcpClients[0][:2], ("192.0.2.9", 80))
+
+    def test_failures_are_91(self):
+        harness = ServerHarness()
+        harness.send(request())
+        harness.fail_connect(ierror.ConnectionRefusedError())
+        self.assertEqual(harness.take()[:2], b"\x00\x5b")
+        self.assertTrue(harness.transport.disconnecting)
+
+    def test_unresolvable_name_is_91(self):
+        harness = ServerHarness()
+        harness.send(request("nowhere.test"))
+        self.assertEqual(harness.take()[:2], b"\x00\x5b")
+
+    def test_rules_can_forbid_socks4(self):
+        policy = rules_from_table({"rule": [{"action": "deny", "versions": [4]}], "default": "allow"})
+        harness = ServerHarness(policy=policy)
+        harness.send(request())
+        self.assertEqual(harness.take()[:2], b"\x00\x5b")
+        self.assertEqual(harness.reactor.tcpClients, [])
+
+    def test_rules_see_the_userid_as_user(self):
+        policy = rules_from_table({"rule": [{"action": "allow", "users": ["alice"]}]})
+        harness = ServerHarness(policy=policy)
+        harness.send(request(userid=b"mallory"))
+        self.assertEqual(harness.take()[:2], b"\x00\x5b")
+        harness = ServerHarness(policy=policy)
+        harness.send(request(userid=b"alice"))
+        self.assertEqual(len(harness.reactor.tcpClients), 1)
+
+    def test_ident_refusals_send_their_codes(self):
+        for code in (SOCKS4ReplyCode.IDENT_UNREACHABLE, SOCKS4ReplyCode.IDENT_MISMATCH):
+            harness = ServerHarness()
+            harness.context.ident = FixedIdent(IdentOutcome(user=None, refusal=code, reason="test"))
+            harness.send(request())
+            self.assertEqual(harness.take()[:2], bytes([0, code]))
+            self.assertTrue(harness.transport.disconnecting)
+
+    def test_ident_answer_becomes_the_user(self):
+        harness = ServerHarness()
+        checker = FixedIdent(IdentOutcome(user="alice-from-identd", ident_answer="alice-from-identd"))
+        harness.context.ident = checker
+        harness.send(request(userid=b"alice"))
+        self.assertEqual(checker.asked, [(("127.0.0.1", 40000), ("127.0.0.1", 1080), "alice")])
+        self.assertEqual(harness.protocol.identity.user, "alice-from-identd")
+
+    def test_bind(self):
+        harness = ServerHarness()
+        harness.send(request(command=SOCKS4Command.BIND))
+        [(port, _factory, _backlog, interface)] = harness.reactor.tcpServers
+        self.assertEqual(interface, "127.0.0.1")
+        first = harness.take()
+        self.assertEqual(first[:2], b"\x00\x5a")
+
+    def test_too_long_userid_is_refused(self):
+        harness = ServerHarness()
+        harness.send(b"\x04\x01\x00\x50\xc0\x00\x02\x01" + b"u" * 300)
+        self.assertEqual(harness.take()[:2], b"\x00\x5b")
+        self.assertTrue(harness.transport.disconnecting)
+
+    def test_unknown_command_is_91(self):
+        harness = ServerHarness()
+        harness.send(b"\x04\x07\x00\x50\xc0\x00\x02\x01\x00")
+        self.assertEqual(harness.take()[:2], b"\x00\x5b")
+
+    def test_cut_at_every_byte_then_close(self):
+        whole = request("example.test")
+        for cut in range(1, len(whole)):
+            harness = ServerHarness()
+            harness.send(whole[:cut])
+            self.assertEqual(harness.take(), b"")
+            harness.protocol.connectionLost(Failure(ierror.ConnectionDone()))
+            self.assertIs(harness.protocol.state, SessionState.CLOSED)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=600))
+    def test_arbitrary_socks4_bytes(self, data):
+        harness = ServerHarness()
+        harness.send(b"\x04" + data)
+        out = harness.take()
+        self.assertIn(out[:2], (b"", b"\x00\x5b"))
+
+
+class IdentdProcess(ProcessProtocol):
+    def __init__(self):
+        self.ready: Deferred[int] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.output = b""
+
+    def outReceived(self, data):
+        self.output += data
+        if not self.ready.called and b"ready " in self.output:
+            self.ready.callback(int(self.output.split(b"ready ")[1].split()[0]))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.ready.called:
+            self.ready.errback(AssertionError(self.output.decode()))
+        self.ended.callback(None)
+
+
+class SilentServer(Protocol):
+    """Accepts and never answers (an identd that hangs)."""
+
+
+class IdentIntegrationTests(IntegrationTestCase):
+    @inlineCallbacks
+    def startIdentd(self):
+        process = IdentdProcess()
+        transport = reactor.spawnProcess(process, sys.executable, [sys.executable, "-m", "tests.identd"],
+                                         env=dict(os.environ), path=os.path.dirname(os.path.dirname(__file__)))
+
+        def stop():
+            transport.signalProcess("TERM")
+            return process.ended
+
+        self.addCleanup(stop)
+        port = yield process.ready
+        return port
+
+    def connect(self, socks_port, web_port, userid):
+        proxy = TCP4ClientEndpoint(reactor, "127.0.0.1", socks_port)
+        return SOCKS4ClientEndpoint(proxy, "127.0.0.1", web_port, userid).connect(Factory.forProtocol(Fetcher))
+
+    @inlineCallbacks
+    def test_matching_ident_is_granted(self):
+        ident_port = yield self.startIdentd()
+        web_port, _ = self.byteServer(b"identified")
+        socks_port, _ = self.startSOCKS(ident="require", ident_port=ident_port)
+        me = pwd.getpwuid(os.getuid()).pw_name
+        protocol = yield self.connect(socks_port, web_port, me)
+        data = yield protocol.done
+        self.assertTrue(data.endswith(b"identified"))
+
+    @inlineCallbacks
+    def test_mismatching_ident_is_93(self):
+        ident_port = yield self.startIdentd()
+        socks_port, _ = self.startSOCKS(ident="require", ident_port=ident_port)
+        error = yield self.assertFailure(self.connect(socks_port, 9, "mallory"), SOCKS4IdentMismatch)
+        self.assertEqual(error.code, 93)
+
+    @inlineCallbacks
+    def test_log_mode_lets_a_mismatch_through(self):
+        ident_port = yield self.startIdentd()
+        web_port, _ = self.byteServer(b"logged")
+        logs = self.captureLogs()
+        socks_port, _ = self.startSOCKS(ident="log", ident_port=ident_port)
+        protocol = yield self.connect(socks_port, web_port, "mallory")
+        data = yield protocol.done
+        self.assertTrue(data.endswith(b"logged"))
+        self.assertTrue([line for line in logs if "client says 'mallory', identd says" in line])
+
+    @inlineCallbacks
+    def test_no_identd_is_92(self):
+        import socket
+
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        socks_port, _ = self.startSOCKS(ident="require", ident_port=closed)
+        error = yield self.assertFailure(self.connect(socks_port, 9, "root"), SOCKS4IdentUnreachable)
+        self.assertEqual(error.code, 92)
+
+    @inlineCallbacks
+    def test_identd_that_never_answers_is_92_after_the_timeout(self):
+        silent_port = self.listen(Factory.forProtocol(SilentServer))
+        socks_port, _ = self.startSOCKS(ident="require", ident_port=silent_port, ident_timeout=0.5)
+        start = reactor.seconds()
+        yield self.assertFailure(self.connect(socks_port, 9, "root"), SOCKS4IdentUnreachable)
+        self.assertGreaterEqual(reactor.seconds() - start, 0.5)
+
+    @inlineCallbacks
+    def test_socks4_refused_by_rule(self):
+        rules = rules_from_table({"rule": [{"action": "deny", "versions": [4]}], "default": "allow"})
+        socks_port, _ = self.startSOCKS(rules=rules)
+        yield self.assertFailure(self.connect(socks_port, 9, "root"), SOCKS4Rejected)
+
+
+class OwnClientTests(IntegrationTestCase):
+    @inlineCallbacks
+    def test_socks4a_and_bind_with_our_client(self):
+        from twisted.internet.endpoints import connectProtocol
+
+        from tests.support import StreamCollector
+        from txsocksgss.client.bind import bindThroughProxy
+
+        web_port, _ = self.byteServer(b"by name")
+        socks_port, _ = self.startSOCKS()
+        proxy = TCP4ClientEndpoint(reactor, "127.0.0.1", socks_port)
+        protocol = yield SOCKS4ClientEndpoint(proxy, "localhost", web_port, "bob").connect(Factory.forProtocol(Fetcher))
+        data = yield protocol.done
+        self.assertTrue(data.endswith(b"by name"))
+
+        class Echo(Protocol):
+            def dataReceived(self, data):
+                self.transport.write(data)
+
+        pending = yield bindThroughProxy(SOCKS4ClientEndpoint(proxy, "127.0.0.1", 0, "bob"), Factory.forProtocol(Echo))
+        peer = StreamCollector()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", pending.address.port), peer)
+        connection = yield pending.accepted
+        self.assertEqual(connection.bound.port, peer.transport.getHost().port)
+        peer.transport.write(b"v4 bind")
+        self.assertEqual((yield peer.waitFor(7)), b"v4 bind")
+        peer.transport.loseConnection()
+        yield peer.lost
