@@ -419,3 +419,33 @@ class EndpointStringTests(GSSAPITestCase):
         protocol = yield endpoint.connect(Factory.forProtocol(Fetcher))
         data = yield protocol.done
         self.assertTrue(data.endswith(b"described"))
+
+
+class _Banner(Protocol):
+    body = b""
+
+    def connectionMade(self):
+        self.transport.write(self.body)
+        self.transport.loseConnection()
+
+
+class CommandLineTests(GSSAPITestCase):
+    @inlineCallbacks
+    def test_socksgss_connect_over_gssapi_level_2(self):
+        import sys
+
+        from tests.support import run_program
+
+        body = os.urandom(100_000)
+        banner = Factory.forProtocol(_Banner)
+        banner.protocol = type("Banner", (_Banner,), {"body": body})
+        web_port = self.listen(banner)
+        logs = self.captureLogs()
+        socks_port, _ = self.startGSSAPI()
+        out, err, code = yield run_program(sys.executable, [
+            "-m", "txsocksgss.cli", "connect", "--proxy", f"socks5h://{SERVICE_HOST}:{socks_port}",
+            "--gssapi-protection", "confidentiality", "--method", "gssapi", "127.0.0.1", str(web_port),
+        ], env=self.realm.env())
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, body)
+        self.assertTrue([line for line in logs if "protection=confidentiality" in line and "session" in line])

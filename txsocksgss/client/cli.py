@@ -293,12 +293,54 @@ def _userpass(credentials: Credentials | None) -> IClientAuthenticatorFactory:
     return UserPassClientFactory(user, password)
 
 
+@dataclass(frozen=True)
+class GSSAPIOptions:
+    """The ``--gssapi-*`` options (RFC 1961); ``host`` defaults to the proxy's host."""
+
+    host: str | None = None
+    service: str = "rcmd"
+    principal: str | None = None
+    mechanism: str = "krb5"
+    ccache: str | None = None
+    protection: str = "confidentiality"
+    accept: str | None = None
+    nec: bool = False
+    delegate: bool = False
+    given: bool = False
+
+
+def _gssapi(credentials: Credentials | None, gssapi: GSSAPIOptions | None = None) -> IClientAuthenticatorFactory:
+    from txsocksgss.auth.gssapi import GSSAPIClientFactory, parse_levels
+    from txsocksgss.errors import ConfigError
+
+    gssapi = gssapi or GSSAPIOptions()
+    try:
+        [level] = parse_levels(gssapi.protection) if "," not in gssapi.protection else [None]  # type: ignore[list-item]
+        if level is None:
+            raise ConfigError("--gssapi-protection names the one level to request; use --gssapi-accept for more")
+        accept = parse_levels(gssapi.accept) if gssapi.accept else None
+        return GSSAPIClientFactory(
+            host=gssapi.host,
+            service=gssapi.service,
+            principal=gssapi.principal,
+            mechanism=gssapi.mechanism,
+            ccache=gssapi.ccache,
+            level=level,
+            accept=accept,
+            nec=gssapi.nec,
+            delegate=gssapi.delegate,
+        )
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+
+
 #: The ``--method`` names, each with the builder of its client authenticator
-#: factory from the credentials (``None`` when none were given).  A new
-#: method registers here.
-CLIENT_METHODS: dict[str, Callable[[Credentials | None], IClientAuthenticatorFactory]] = {
-    "none": lambda credentials: NoAuthClientFactory(),
-    "userpass": _userpass,
+#: factory from the credentials (``None`` when none were given) and the
+#: GSS-API options.  A new method registers here.
+CLIENT_METHODS: dict[str, Callable[..., IClientAuthenticatorFactory]] = {
+    "none": lambda credentials, gssapi=None: NoAuthClientFactory(),
+    "userpass": lambda credentials, gssapi=None: _userpass(credentials),
+    "gssapi": _gssapi,
 }
 
 _METHOD_NAMES: Mapping[int, str] = {
@@ -313,13 +355,16 @@ def _method_name(code: int) -> str:
     return _METHOD_NAMES.get(code, f"{code:#04x}")
 
 
-def default_methods(has_credentials: bool) -> tuple[str, ...]:
-    """The methods offered without ``--method``: userpass then none with credentials (as curl), else none."""
-    return ("userpass", "none") if has_credentials else ("none",)
+def default_methods(has_credentials: bool, gssapi: bool = False) -> tuple[str, ...]:
+    """
+    The methods offered without ``--method``, as curl does: gssapi first when
+    a ``--gssapi-*`` option is given, userpass with credentials, then none.
+    """
+    return (("gssapi",) if gssapi else ()) + (("userpass",) if has_credentials else ()) + ("none",)
 
 
 def build_authenticators(
-    methods: Sequence[str], credentials: Credentials | None
+    methods: Sequence[str], credentials: Credentials | None, gssapi: GSSAPIOptions | None = None
 ) -> list[IClientAuthenticatorFactory]:
     """
     The client authenticator factories for ``methods`` (names of
@@ -333,7 +378,7 @@ def build_authenticators(
         builder = CLIENT_METHODS.get(name)
         if builder is None:
             raise UsageError(f"unknown method {name!r}; choose from {', '.join(CLIENT_METHODS)}")
-        factories.append(builder(credentials))
+        factories.append(builder(credentials, gssapi))
     return factories
 
 
@@ -371,6 +416,7 @@ class ConnectOptions:
     timeout: float = DEFAULT_TIMEOUT
     verbose: bool = False
     warnings: tuple[str, ...] = ()
+    gssapi: GSSAPIOptions | None = None
 
 
 def _local_user() -> str:
@@ -441,13 +487,33 @@ def options_from_args(args: argparse.Namespace, local_user: Callable[[], str] = 
 
     if args.userid is not None:
         warnings.append("--userid is for SOCKS 4 only; it is ignored")
+    gssapi = _gssapi_options(args, proxy)
     if args.method:
         methods = tuple(dict.fromkeys(args.method))  # duplicates dropped, order kept
     else:
-        methods = default_methods(credentials is not None)
-    build_authenticators(methods, credentials)  # fail now, before any I/O
+        methods = default_methods(credentials is not None, gssapi.given)
+    build_authenticators(methods, credentials, gssapi)  # fail now, before any I/O
     return ConnectOptions(proxy, host, port, mode, methods, credentials, None, timeout,
-                          args.verbose, tuple(warnings))
+                          args.verbose, tuple(warnings), gssapi)
+
+
+def _gssapi_options(args: argparse.Namespace, proxy: ProxyURL) -> GSSAPIOptions:
+    names = ("gssapi_service", "gssapi_principal", "gssapi_mech", "gssapi_ccache", "gssapi_protection",
+             "gssapi_accept", "gssapi_host")
+    given = any(getattr(args, name, None) is not None for name in names) or bool(
+        getattr(args, "gssapi_nec", False) or getattr(args, "gssapi_delegate", False))
+    return GSSAPIOptions(
+        host=getattr(args, "gssapi_host", None) or proxy.host,
+        service=getattr(args, "gssapi_service", None) or "rcmd",
+        principal=getattr(args, "gssapi_principal", None),
+        mechanism=getattr(args, "gssapi_mech", None) or "krb5",
+        ccache=getattr(args, "gssapi_ccache", None),
+        protection=getattr(args, "gssapi_protection", None) or "confidentiality",
+        accept=getattr(args, "gssapi_accept", None),
+        nec=bool(getattr(args, "gssapi_nec", False)),
+        delegate=bool(getattr(args, "gssapi_delegate", False)),
+        given=given,
+    )
 
 
 def _is_ipv6(host: str) -> bool:
@@ -926,7 +992,7 @@ async def run_connect(
             console.error(f"warning: {warning}")
         if proxy.version == 5:
             console.info(f"proxy {proxy.display()}, offering {', '.join(options.methods)}")
-            authenticators = build_authenticators(options.methods, options.credentials)
+            authenticators = build_authenticators(options.methods, options.credentials, options.gssapi)
         else:
             console.info(f"proxy {proxy.display()}, user id {options.userid!r}")
             authenticators = []
@@ -1060,6 +1126,22 @@ def add_connect_parser(subparsers: "argparse._SubParsersAction[argparse.Argument
                              f"{', '.join(CLIENT_METHODS)} (default: userpass then none with "
                              "credentials, else none; ignored by SOCKS 4)")
     parser.add_argument("--userid", metavar="NAME", help="the SOCKS 4 user id (default: the local user name)")
+    gss = parser.add_argument_group("GSS-API (RFC 1961); any of these offers gssapi first")
+    gss.add_argument("--gssapi-service", metavar="NAME", help="service name of the proxy (default rcmd)")
+    gss.add_argument("--gssapi-host", metavar="HOST",
+                     help="host part of the target name SERVICE@HOST (default: the proxy URL's host)")
+    gss.add_argument("--gssapi-principal", metavar="PRINCIPAL",
+                     help="full target principal, e.g. rcmd/proxy.example@REALM, instead of SERVICE@HOST")
+    gss.add_argument("--gssapi-mech", choices=("krb5", "spnego"), help="mechanism (default krb5)")
+    gss.add_argument("--gssapi-ccache", metavar="PATH", help="credential cache (default: KRB5CCNAME)")
+    gss.add_argument("--gssapi-protection", choices=("confidentiality", "integrity", "clear"),
+                     help="protection level to request (default confidentiality)")
+    gss.add_argument("--gssapi-accept", metavar="LEVELS",
+                     help="comma-separated levels accepted in the proxy's answer (default: the one requested)")
+    gss.add_argument("--gssapi-nec", action="store_true", help="send the level octet unwrapped (NEC servers)")
+    gss.add_argument("--gssapi-delegate", action="store_true",
+                     help="delegate the Kerberos ticket to the proxy (off: RFC 1961 asks for it, but it hands "
+                          "the proxy your TGT)")
     parser.add_argument("--timeout", metavar="SECONDS", type=float, default=None,
                         help=f"seconds for reaching the proxy and for the handshake (default {DEFAULT_TIMEOUT:g})")
     mode = parser.add_mutually_exclusive_group()
