@@ -144,3 +144,8 @@ install_project() {
 install_packages
 make_venv
 install_project
+if [ "$mode" = test ]; then
+    # Dante with GSS-API, rebuilt from Debian's own source package (Debian's
+    # packages are built without it); cached in /opt, quick when present.
+    bash tests/interop/build_dante_gssapi.sh
+fi
