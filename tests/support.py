@@ -25,6 +25,7 @@ from txsocksgss.wire.socks5 import Address, Command, Greeting, Reply, Request, p
 __all__ = [
     "IntegrationTestCase",
     "ByteServerFactory",
+    "BannerServerFactory",
     "EchoUDP",
     "ScriptedClient",
     "StreamCollector",
@@ -93,6 +94,22 @@ class ByteServerFactory(Factory):
         else:
             d.callback(None)
         return d
+
+
+class _BannerProtocol(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.write(self.factory.body)
+        self.transport.loseConnection()
+
+
+class BannerServerFactory(Factory):
+    """Sends ``body`` as soon as a client connects, then closes (no request needed)."""
+
+    protocol = _BannerProtocol
+    noisy = False
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
 
 
 class EchoUDP(DatagramProtocol):

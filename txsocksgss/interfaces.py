@@ -27,6 +27,7 @@ __all__ = [
     "IAccessPolicy",
     "ISOCKSUser",
     "IIdentChecker",
+    "IMAFPolicy",
 ]
 
 
@@ -180,4 +181,21 @@ class IIdentChecker(Interface):
         :param str userid: the request's USERID.
         :return: a Deferred firing with a `txsocksgss.auth.ident.IdentOutcome`
             (the session's user, or the SOCKS 4 reply code to refuse with).
+        """
+
+
+class IMAFPolicy(Interface):
+    """
+    The Authentication Management Server of the Multi-Authentication
+    Framework (method 0x08): the server-side policy that decides, after the
+    client's offer and after each sub-method, what happens next.
+    """
+
+    def decide(state):  # type: ignore[misc]
+        """
+        :param state: a `txsocksgss.auth.maf.MAFState` (the sub-methods
+            offered, whether the client has more, the outcomes so far).
+        :return: one of `txsocksgss.auth.maf.DoSubMethod`,
+            `txsocksgss.auth.maf.AskForMore`, `txsocksgss.auth.maf.Succeed`
+            (with the integrity grade) or `txsocksgss.auth.maf.Fail`.
         """

@@ -40,6 +40,8 @@ class Options(usage.Options):
          "Allow an unauthenticated listener on a non-loopback address (an open proxy)."],
         ["gssapi-nec", None,
          "GSS-API: accept the unwrapped protection-level octet of old NEC-derived clients."],
+        ["maf-continue-on-failure", None,
+         "MAF: after a failed sub-method, try the next chain instead of failing."],
     ]
     optParameters = [
         ["config", "c", None, "TOML configuration file with the same settings as these options."],
@@ -81,13 +83,21 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["method"] = []
+        self["maf-chain"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint string to listen on (repeatable; default tcp:1080:interface=127.0.0.1)."""
         self["listen"].append(endpoint)
 
+    def opt_maf_chain(self, spec: str) -> None:
+        """
+        MAF: an acceptable chain of sub-methods and its grade, SUB+SUB=GRADE
+        (sub-methods userpass, gssapi, test), repeatable, most preferred first.
+        """
+        self["maf-chain"].append(spec)
+
     def opt_method(self, name: str) -> None:
-        """Authentication method to offer, repeatable, in order of preference: none, userpass, gssapi."""
+        """Authentication method to offer, repeatable, in order of preference: none, userpass, gssapi, maf."""
         if name not in KNOWN_METHODS:
             raise usage.UsageError(f"unknown method {name!r}; known: {', '.join(KNOWN_METHODS)}")
         self["method"].append(name)
@@ -123,6 +133,8 @@ def config_from_options(options: Any) -> Config:
         ident=options["ident"],
         ident_port=options["ident-port"],
         ident_timeout=options["ident-timeout"],
+        maf_chains=options["maf-chain"] or None,
+        maf_continue_on_failure=True if options["maf-continue-on-failure"] else None,
     )
 
 

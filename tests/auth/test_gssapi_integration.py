@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from tests.client.test_against_own_server import Collector, Fetcher
 from tests.kerberos import SERVICE_HOST, test_realm
-from tests.support import EchoUDP, IntegrationTestCase, StreamCollector
+from tests.support import BannerServerFactory, EchoUDP, IntegrationTestCase, StreamCollector
 from txsocksgss.auth.gssapi import GSSAPIClientFactory
 from txsocksgss.client.bind import bindThroughProxy
 from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
@@ -421,14 +421,6 @@ class EndpointStringTests(GSSAPITestCase):
         self.assertTrue(data.endswith(b"described"))
 
 
-class _Banner(Protocol):
-    body = b""
-
-    def connectionMade(self):
-        self.transport.write(self.body)
-        self.transport.loseConnection()
-
-
 class CommandLineTests(GSSAPITestCase):
     @inlineCallbacks
     def test_socksgss_connect_over_gssapi_level_2(self):
@@ -437,9 +429,7 @@ class CommandLineTests(GSSAPITestCase):
         from tests.support import run_program
 
         body = os.urandom(100_000)
-        banner = Factory.forProtocol(_Banner)
-        banner.protocol = type("Banner", (_Banner,), {"body": body})
-        web_port = self.listen(banner)
+        web_port = self.listen(BannerServerFactory(body))
         logs = self.captureLogs()
         socks_port, _ = self.startGSSAPI()
         out, err, code = yield run_program(sys.executable, [

@@ -207,7 +207,7 @@ class SOCKS5ParsingTests(SynchronousTestCase):
 
     def test_unknown_keys_are_named(self):
         message = self.assertRejected("socks5:p:1080:host=h:port=80:usr=bob:pasword=x", "unknown keys", "pasword, usr")
-        self.assertIn("host, methods, password, port", message)
+        self.assertIn("host, maf_submethods, methods, password, port", message)
 
     def test_userid_is_not_a_socks5_key(self):
         self.assertRejected("socks5:p:1080:host=h:port=80:userid=bob", "unknown key userid")

@@ -337,10 +337,27 @@ def _gssapi(credentials: Credentials | None, gssapi: GSSAPIOptions | None = None
 #: The ``--method`` names, each with the builder of its client authenticator
 #: factory from the credentials (``None`` when none were given) and the
 #: GSS-API options.  A new method registers here.
+def _maf(credentials: Credentials | None, gssapi: GSSAPIOptions | None = None,
+         submethods: Sequence[str] = ()) -> IClientAuthenticatorFactory:
+    from txsocksgss.auth.maf import SUBMETHOD_IDS, MAFClientFactory, TestSubMethodClientFactory
+
+    if not submethods:
+        raise UsageError("method maf needs --maf-submethod NAME (userpass, gssapi, test), repeatable")
+    builders = {"userpass": lambda: _userpass(credentials), "gssapi": lambda: _gssapi(credentials, gssapi),
+                "test": TestSubMethodClientFactory}
+    pairs = []
+    for name in submethods:
+        if name not in builders:
+            raise UsageError(f"unknown MAF sub-method {name!r}; choose from {', '.join(builders)}")
+        pairs.append((SUBMETHOD_IDS[name], builders[name]()))
+    return MAFClientFactory(pairs)
+
+
 CLIENT_METHODS: dict[str, Callable[..., IClientAuthenticatorFactory]] = {
-    "none": lambda credentials, gssapi=None: NoAuthClientFactory(),
-    "userpass": lambda credentials, gssapi=None: _userpass(credentials),
-    "gssapi": _gssapi,
+    "none": lambda credentials, gssapi=None, submethods=(): NoAuthClientFactory(),
+    "userpass": lambda credentials, gssapi=None, submethods=(): _userpass(credentials),
+    "gssapi": lambda credentials, gssapi=None, submethods=(): _gssapi(credentials, gssapi),
+    "maf": _maf,
 }
 
 _METHOD_NAMES: Mapping[int, str] = {
@@ -364,7 +381,8 @@ def default_methods(has_credentials: bool, gssapi: bool = False) -> tuple[str, .
 
 
 def build_authenticators(
-    methods: Sequence[str], credentials: Credentials | None, gssapi: GSSAPIOptions | None = None
+    methods: Sequence[str], credentials: Credentials | None, gssapi: GSSAPIOptions | None = None,
+    maf_submethods: Sequence[str] = (),
 ) -> list[IClientAuthenticatorFactory]:
     """
     The client authenticator factories for ``methods`` (names of
@@ -378,7 +396,7 @@ def build_authenticators(
         builder = CLIENT_METHODS.get(name)
         if builder is None:
             raise UsageError(f"unknown method {name!r}; choose from {', '.join(CLIENT_METHODS)}")
-        factories.append(builder(credentials, gssapi))
+        factories.append(builder(credentials, gssapi, maf_submethods))
     return factories
 
 
@@ -417,6 +435,7 @@ class ConnectOptions:
     verbose: bool = False
     warnings: tuple[str, ...] = ()
     gssapi: GSSAPIOptions | None = None
+    maf_submethods: tuple[str, ...] = ()
 
 
 def _local_user() -> str:
@@ -492,9 +511,10 @@ def options_from_args(args: argparse.Namespace, local_user: Callable[[], str] = 
         methods = tuple(dict.fromkeys(args.method))  # duplicates dropped, order kept
     else:
         methods = default_methods(credentials is not None, gssapi.given)
-    build_authenticators(methods, credentials, gssapi)  # fail now, before any I/O
+    maf_submethods = tuple(getattr(args, "maf_submethod", None) or ())
+    build_authenticators(methods, credentials, gssapi, maf_submethods)  # fail now, before any I/O
     return ConnectOptions(proxy, host, port, mode, methods, credentials, None, timeout,
-                          args.verbose, tuple(warnings), gssapi)
+                          args.verbose, tuple(warnings), gssapi, maf_submethods)
 
 
 def _gssapi_options(args: argparse.Namespace, proxy: ProxyURL) -> GSSAPIOptions:
@@ -992,7 +1012,8 @@ async def run_connect(
             console.error(f"warning: {warning}")
         if proxy.version == 5:
             console.info(f"proxy {proxy.display()}, offering {', '.join(options.methods)}")
-            authenticators = build_authenticators(options.methods, options.credentials, options.gssapi)
+            authenticators = build_authenticators(options.methods, options.credentials, options.gssapi,
+                                                  options.maf_submethods)
         else:
             console.info(f"proxy {proxy.display()}, user id {options.userid!r}")
             authenticators = []
@@ -1126,6 +1147,9 @@ def add_connect_parser(subparsers: "argparse._SubParsersAction[argparse.Argument
                              f"{', '.join(CLIENT_METHODS)} (default: userpass then none with "
                              "credentials, else none; ignored by SOCKS 4)")
     parser.add_argument("--userid", metavar="NAME", help="the SOCKS 4 user id (default: the local user name)")
+    parser.add_argument("--maf-submethod", action="append", metavar="NAME",
+                        help="with --method maf: a sub-method to offer (userpass, gssapi, test), repeatable, "
+                             "in order")
     gss = parser.add_argument_group("GSS-API (RFC 1961); any of these offers gssapi first")
     gss.add_argument("--gssapi-service", metavar="NAME", help="service name of the proxy (default rcmd)")
     gss.add_argument("--gssapi-host", metavar="HOST",

@@ -70,6 +70,11 @@ GSS-API (``socks5``, RFC 1961)
     default: the one requested), ``gssapi_nec`` and ``gssapi_delegate``
     (``true``/``false``).
 
+MAF (``socks5``, method 0x08)
+    ``methods=maf:maf_submethods=userpass+gssapi`` offers the
+    Multi-Authentication Framework with those sub-methods, in that order;
+    each takes its own settings (``user=``/``password=``, ``gssapi_*``).
+
 ``userid=`` (``socks4``, ``socks4a``)
     The SOCKS 4 USERID field; it may be empty.  Default: the local user name.
 
@@ -123,7 +128,7 @@ DEFAULT_PROXY_PORT = 1080
 
 _PORT = re.compile(r"[0-9]{1,5}")
 _COMMON_KEYS = frozenset({"host", "port", "timeout", "proxy", "proxyhost", "proxyport"})
-_METHOD_NAMES = ("none", "userpass", "gssapi")
+_METHOD_NAMES = ("none", "userpass", "gssapi", "maf")
 _GSSAPI_KEYS = (
     "gssapi_service", "gssapi_host", "gssapi_principal", "gssapi_mech", "gssapi_ccache",
     "gssapi_protection", "gssapi_accept", "gssapi_nec", "gssapi_delegate",
@@ -280,7 +285,7 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
     """
 
     prefix = "socks5"
-    _extraKeys = frozenset({"user", "password", "methods"}) | frozenset(_GSSAPI_KEYS)
+    _extraKeys = frozenset({"user", "password", "methods", "maf_submethods"}) | frozenset(_GSSAPI_KEYS)
 
     def _build(self, reactor: Any, proxy: IStreamClientEndpoint, destination: Address,
                timeout: float | None, keys: Mapping[str, str], proxy_host: str | None) -> IStreamClientEndpoint:
@@ -318,6 +323,24 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
         except ConfigError as error:
             raise self._error(str(error)) from error
 
+    def _maf(self, keys: Mapping[str, str], credentials: IClientAuthenticatorFactory | None,
+             gssapi: IClientAuthenticatorFactory | None) -> IClientAuthenticatorFactory:
+        from txsocksgss.auth.maf import SUBMETHOD_IDS, MAFClientFactory, TestSubMethodClientFactory
+
+        names = [n.strip() for n in keys.get("maf_submethods", "").split("+") if n.strip()]
+        if not names:
+            raise self._error("methods=maf needs maf_submethods=SUB+SUB (userpass, gssapi, test)")
+        available = {"userpass": credentials, "gssapi": gssapi, "test": TestSubMethodClientFactory()}
+        pairs = []
+        for name in names:
+            factory = available.get(name)
+            if name not in available:
+                raise self._error(f"unknown MAF sub-method {name!r} (known: userpass, gssapi, test)")
+            if factory is None:
+                raise self._error(f"MAF sub-method {name} needs its settings (user=/password= or gssapi_*)")
+            pairs.append((SUBMETHOD_IDS[name], factory))
+        return MAFClientFactory(pairs)
+
     def _flag(self, keys: Mapping[str, str], name: str) -> bool:
         value = keys.get(name, "false").lower()
         if value not in ("true", "false", "yes", "no", "1", "0"):
@@ -347,10 +370,12 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
             names.append("none")
         if "userpass" in names and credentials is None:
             raise self._error("methods= offers userpass but user= and password= are missing")
-        if credentials is not None and "userpass" not in names:
+        if credentials is not None and "userpass" not in names and "maf" not in names:
             raise self._error("user= and password= are given but methods= does not offer userpass")
         by_name: dict[str, IClientAuthenticatorFactory | None] = {
             "gssapi": gssapi, "userpass": credentials, "none": NoAuthClientFactory()}
+        if "maf" in names:
+            by_name["maf"] = self._maf(keys, credentials, gssapi)
         return [by_name[name] for name in names]  # type: ignore[misc]
 
 

@@ -21,7 +21,7 @@ from txsocksgss.server.rules import ALLOW_ALL, RuleSet, load_rules, rules_from_t
 __all__ = ["Config", "DEFAULT_LISTEN", "KNOWN_METHODS", "endpoint_is_loopback"]
 
 DEFAULT_LISTEN = "tcp:1080:interface=127.0.0.1"
-KNOWN_METHODS = ("none", "userpass", "gssapi")
+KNOWN_METHODS = ("none", "userpass", "gssapi", "maf")
 GSSAPI_MECH_CHOICES = ("krb5", "spnego", "any")
 GSSAPI_LEVEL_NAMES = ("confidentiality", "integrity", "clear")
 
@@ -43,6 +43,8 @@ _TOML_KEYS = {
     "ident": "ident",
     "ident_port": "ident_port",
     "ident_timeout": "ident_timeout",
+    "maf_chains": "maf_chains",
+    "maf_continue_on_failure": "maf_continue_on_failure",
 }
 _RULE_KEYS = ("default", "rule")
 
@@ -77,6 +79,11 @@ class Config:
     :ivar ident: SOCKS 4 ident (RFC 1413) checks: ``off``, ``log`` or ``require``.
     :ivar ident_port: the identd port on client hosts (113).
     :ivar ident_timeout: seconds an ident lookup may take.
+    :ivar maf_chains: the MAF policy's alternatives, most preferred first,
+        each ``SUBMETHOD+SUBMETHOD...=GRADE`` (sub-methods ``userpass``,
+        ``gssapi``, ``test``), e.g. ``("gssapi=3", "userpass+test=1")``.
+    :ivar maf_continue_on_failure: after a failed sub-method, try the next
+        alternative instead of failing the whole MAF subnegotiation.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -96,6 +103,8 @@ class Config:
     ident: str = "off"
     ident_port: int = 113
     ident_timeout: float = 10.0
+    maf_chains: tuple[str, ...] = ()
+    maf_continue_on_failure: bool = False
 
     @property
     def effective_methods(self) -> tuple[str, ...]:
@@ -183,6 +192,10 @@ class Config:
             raise ConfigError("--gssapi-protection lists a level twice")
         if not self.gssapi_service or "/" in self.gssapi_service or "@" in self.gssapi_service:
             raise ConfigError(f"--gssapi-service must be a bare service name such as rcmd, not {self.gssapi_service!r}")
+        if "maf" in self.effective_methods and not self.maf_chains:
+            raise ConfigError("method maf needs at least one --maf-chain, e.g. --maf-chain userpass+gssapi=2")
+        for spec in self.maf_chains:
+            parse_maf_chain(spec)
         if self.ident not in ("off", "log", "require"):
             raise ConfigError(f"ident must be off, log or require, not {self.ident!r}")
         if not 1 <= self.ident_port <= 65535:
@@ -203,10 +216,29 @@ class Config:
             check_open_proxy(self, [NoAuthServerFactory()])
 
 
+def parse_maf_chain(spec: str) -> tuple[tuple[str, ...], int]:
+    """``"userpass+gssapi=2"`` -> (("userpass", "gssapi"), 2); the grade defaults to 0."""
+    from txsocksgss.auth.maf import SUBMETHOD_IDS
+
+    methods_text, _, grade_text = spec.partition("=")
+    methods = tuple(m.strip() for m in methods_text.split("+"))
+    for method in methods:
+        if method not in SUBMETHOD_IDS:
+            raise ConfigError(f"MAF chain {spec!r}: unknown sub-method {method!r} "
+                              f"(known: {', '.join(SUBMETHOD_IDS)})")
+    try:
+        grade = int(grade_text) if grade_text else 0
+    except ValueError:
+        raise ConfigError(f"MAF chain {spec!r}: the grade after = must be a whole number") from None
+    if grade < 0 or len(set(methods)) != len(methods):
+        raise ConfigError(f"MAF chain {spec!r}: a negative grade or a sub-method twice")
+    return methods, grade
+
+
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if key in ("listen", "methods", "gssapi_protection"):
+        if key in ("listen", "methods", "gssapi_protection", "maf_chains"):
             if key == "gssapi_protection" and isinstance(value, str):
                 value = [v.strip() for v in value.split(",")]
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
@@ -220,7 +252,7 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{key.replace('_', ' ')} must be a number of seconds, not {value!r}")
             out[key] = None if key == "idle_timeout" and value == 0 else float(value)
-        elif key in ("allow_open", "gssapi_nec"):
+        elif key in ("allow_open", "gssapi_nec", "maf_continue_on_failure"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             out[key] = value

@@ -37,37 +37,59 @@ _log = Logger()
 def _authenticators(
     config: Config, checkers: Iterable[ICredentialsChecker], realm: IRealm | None
 ) -> tuple[IServerAuthenticatorFactory, ...]:
-    factories: list[IServerAuthenticatorFactory] = []
-    for name in config.effective_methods:
-        if name == "none":
-            factories.append(NoAuthServerFactory())
-        elif name == "userpass":
-            all_checkers = list(checkers)
-            if config.passwd:
-                all_checkers.insert(0, PasswordFileChecker(config.passwd))
-            if not all_checkers:
-                raise ConfigError(
-                    "method userpass needs a password file: --passwd FILE "
-                    "(create it with `socksgss passwd FILE USER`)"
-                )
-            checker = all_checkers[0] if len(all_checkers) == 1 else FirstMatchChecker(all_checkers)
-            factories.append(UserPassServerFactory(Portal(realm or SOCKSUserRealm(), [checker])))
-        elif name == "gssapi":
-            from txsocksgss.auth.gssapi import GSSAPIServerFactory, parse_levels
+    built: dict[str, IServerAuthenticatorFactory] = {}
 
-            mechanisms = ("krb5", "spnego") if config.gssapi_mech == "any" else (config.gssapi_mech,)
-            factories.append(
-                GSSAPIServerFactory(
-                    service=config.gssapi_service,
-                    keytab=config.gssapi_keytab,
-                    mechanisms=mechanisms,
-                    protection=parse_levels(config.gssapi_protection),
-                    nec=config.gssapi_nec,
-                )
+    def factory_for(name: str) -> IServerAuthenticatorFactory:
+        if name not in built:
+            built[name] = _buildMethod(name, config, checkers, realm, factory_for)
+        return built[name]
+
+    return tuple(factory_for(name) for name in config.effective_methods)
+
+
+def _buildMethod(name: str, config: Config, checkers: Iterable[ICredentialsChecker], realm: IRealm | None,
+                 factory_for: Any) -> IServerAuthenticatorFactory:
+    if name == "none":
+        return NoAuthServerFactory()
+    if name == "userpass":
+        all_checkers = list(checkers)
+        if config.passwd:
+            all_checkers.insert(0, PasswordFileChecker(config.passwd))
+        if not all_checkers:
+            raise ConfigError(
+                "method userpass needs a password file: --passwd FILE "
+                "(create it with `socksgss passwd FILE USER`)"
             )
-        else:  # validate() has already refused unknown names
-            raise ConfigError(f"unknown method {name!r}")
-    return tuple(factories)
+        checker = all_checkers[0] if len(all_checkers) == 1 else FirstMatchChecker(all_checkers)
+        return UserPassServerFactory(Portal(realm or SOCKSUserRealm(), [checker]))
+    if name == "gssapi":
+        from txsocksgss.auth.gssapi import GSSAPIServerFactory, parse_levels
+
+        mechanisms = ("krb5", "spnego") if config.gssapi_mech == "any" else (config.gssapi_mech,)
+        return GSSAPIServerFactory(
+            service=config.gssapi_service,
+            keytab=config.gssapi_keytab,
+            mechanisms=mechanisms,
+            protection=parse_levels(config.gssapi_protection),
+            nec=config.gssapi_nec,
+        )
+    if name == "test":
+        from txsocksgss.auth.maf import TestSubMethodServerFactory
+
+        return TestSubMethodServerFactory()
+    if name == "maf":
+        from txsocksgss.auth.maf import SUBMETHOD_IDS, Chain, ChainPolicy, MAFServerFactory
+        from txsocksgss.server.config import parse_maf_chain
+
+        chains = []
+        submethods: dict[int, IServerAuthenticatorFactory] = {}
+        for spec in config.maf_chains:
+            names, grade = parse_maf_chain(spec)
+            chains.append(Chain(tuple(SUBMETHOD_IDS[n] for n in names), grade))
+            for sub in names:
+                submethods[SUBMETHOD_IDS[sub]] = factory_for(sub)
+        return MAFServerFactory(ChainPolicy(chains, config.maf_continue_on_failure), submethods)
+    raise ConfigError(f"unknown method {name!r}")  # validate() has already refused unknown names
 
 
 def makeServerFactory(
