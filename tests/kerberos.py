@@ -39,6 +39,7 @@ def _free_portbase() -> int:
             for offset in range(10):
                 for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
                     s = socket.socket(socket.AF_INET, kind)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     sockets.append(s)
                     s.bind(("127.0.0.1", base + offset))
             return base

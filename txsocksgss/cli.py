@@ -24,6 +24,7 @@ from txsocksgss.auth.passwordfile import (
     set_password,
 )
 from txsocksgss.client.cli import add_connect_parser
+from txsocksgss.demo import add_demo_parser
 from txsocksgss.errors import ConfigError
 
 __all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
@@ -136,7 +137,7 @@ def _run_passwd(args: argparse.Namespace) -> int:
 _SubcommandAdder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 #: Every subcommand's parser builder, in the order ``--help`` lists them.
-_SUBCOMMANDS: tuple[_SubcommandAdder, ...] = (_add_passwd, add_connect_parser)
+_SUBCOMMANDS: tuple[_SubcommandAdder, ...] = (_add_passwd, add_connect_parser, add_demo_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,8 @@ class Options(usage.Options):
          "GSS-API: accept the unwrapped protection-level octet of old NEC-derived clients."],
         ["maf-continue-on-failure", None,
          "MAF: after a failed sub-method, try the next chain instead of failing."],
+        ["no-splice", None,
+         "Relay with ordinary reads and writes, not the zero-copy os.splice path."],
     ]
     optParameters = [
         ["config", "c", None, "TOML configuration file with the same settings as these options."],
@@ -97,7 +99,11 @@ class Options(usage.Options):
         self["maf-chain"].append(spec)
 
     def opt_method(self, name: str) -> None:
-        """Authentication method to offer, repeatable, in order of preference: none, userpass, gssapi, maf."""
+        """
+        Authentication method to offer, repeatable, in order of preference:
+        none, userpass, gssapi, maf; socks4 also serves SOCKS 4/4a requests
+        (which have no authentication but ident).
+        """
         if name not in KNOWN_METHODS:
             raise usage.UsageError(f"unknown method {name!r}; known: {', '.join(KNOWN_METHODS)}")
         self["method"].append(name)
@@ -135,6 +141,7 @@ def config_from_options(options: Any) -> Config:
         ident_timeout=options["ident-timeout"],
         maf_chains=options["maf-chain"] or None,
         maf_continue_on_failure=True if options["maf-continue-on-failure"] else None,
+        splice=False if options["no-splice"] else None,
     )
 
 

@@ -29,6 +29,13 @@ Facts the generators encode (checked with Dante 1.4.2, Debian 1.4.2+dfsg-7):
   gssapi/<level>%<principal>@<client> <proxy> -> <external> <destination>``
   (addresses as ``a.b.c.d.port``): `Sockd.sessions` parses it, so a test
   can prove which level and principal were used.
+- The other session lines (``log: connect disconnect``) have the same
+  shape: ``pass(N): tcp/bind [: gssapi/<level>%<principal>@<client> <proxy>
+  -> <bound> 0.0.0.0.0``, ``tcp/bindreply``, ``udp/udpassociate``,
+  ``udp/udpreply``; ``[`` opens a session, ``]`` closes it (with byte
+  counts), ``-`` is one relayed piece of data.  `Sockd.events` parses them
+  all.  BIND and UDP ASSOCIATE work under GSS-API at every level (each UDP
+  datagram is one wrapped MTYP 03 frame at levels 1 and 2).
 - sockd prints ``info: Dante/server[1/1] v1.4.2 running`` once it listens.
 - The client (LD_PRELOAD of libdsocks.so, config in SOCKS_CONF) routes
   loopback and every local network directly, so run it in the client
@@ -37,6 +44,16 @@ Facts the generators encode (checked with Dante 1.4.2, Debian 1.4.2+dfsg-7):
   /etc/hosts).  Its config keyword is ``method:`` (sockd's is
   ``socksmethod:``); ``gssapi.enctype`` takes one level (clear, integrity
   or confidentiality; a list makes it ask for the strongest).
+- The client logs (at ``debug: 0`` too) ``Offering server protection
+  "<level>" (n)`` and then ``using gssapi <level> protection (n)``:
+  `client_protection` reads both.  When the server answers a level that
+  the client's ``gssapi.enctype`` lists, the client adopts it; when it
+  answers a valid level (0, 1, 2) that the client does NOT list, the
+  client neither closes nor complains: it goes on at the level it offered
+  (clientmethod_gssapi() in the client library: the ``switch`` on the
+  server's answer only ``break``s, and only an unknown value is an
+  error).  So a Dante client configured with one level always uses that
+  level, whatever the server agreed to.
 """
 
 from __future__ import annotations
@@ -60,9 +77,12 @@ __all__ = [
     "dante_client_config",
     "socksify_argv",
     "service_keytab",
+    "combined_keytab",
     "Sockd",
     "Session",
+    "Event",
     "SOCKD_READY",
+    "client_protection",
 ]
 
 DANTE_GSSAPI_PREFIX = os.environ.get("DANTE_GSSAPI_PREFIX", "/opt/txsocksgss-dante-gssapi")
@@ -249,6 +269,27 @@ def service_keytab(realm: Any, host: str, service: str = "rcmd") -> str:
     return _keytabs[key]
 
 
+def combined_keytab(paths: Iterable[str], destination: str) -> str:
+    """
+    One keytab with the entries of all ``paths`` (MIT keytab version 2:
+    a 0x0502 header, then length-prefixed entries, so the entries simply
+    follow each other).  Copies, never re-extracts: ``kadmin ktadd`` would
+    give the principal new keys and make older keytabs stale.  Returns
+    ``destination`` (mode 0600).
+    """
+    entries = b""
+    for path in paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:2] != b"\x05\x02":
+            raise ValueError(f"{path} is not a version 2 keytab")
+        entries += data[2:]
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"\x05\x02" + entries)
+    return destination
+
+
 @dataclass(frozen=True)
 class Session:
     """One session from sockd's log: the method and GSS-API level, the client's principal and addresses."""
@@ -267,6 +308,42 @@ _SESSION = re.compile(
     r"(?:(?P<method>[a-z]+)(?:/(?P<level>[a-z-]+))?%(?P<principal>\S+)@)?(?P<client>[0-9a-f.:]+) "
     r"\S+ -> \S+ (?P<dst>\S+)"
 )
+
+
+@dataclass(frozen=True)
+class Event:
+    """
+    One session line of sockd's log (any command): ``pass(N):
+    <protocol>/<command> <marker>: <text>``, with the GSS-API method,
+    level and principal when the text names them.
+    """
+
+    protocol: str  # "tcp" or "udp"
+    command: str  # "accept", "connect", "bind", "bindreply", "udpassociate", "udpreply"
+    marker: str  # "[" session start, "]" session end, "-" data relayed
+    method: str | None
+    level: str | None
+    principal: str | None
+    text: str  # after the marker and the colon
+
+
+_EVENT = re.compile(r"pass\(\d+\): (?P<protocol>tcp|udp)/(?P<command>[a-z]+) (?P<marker>[\[\]-]): (?P<text>.*)$", re.M)
+_AUTH = re.compile(r"(?P<method>[a-z]+)/(?P<level>[a-z-]+)%(?P<principal>\S+)@[0-9a-f.:]+")
+
+# The client library's log (socksified program's stderr).
+_CLIENT_OFFER = re.compile(r'Offering server protection "(?P<level>[a-z -]+)" \((?P<n>\d+)\)')
+_CLIENT_USING = re.compile(r"using gssapi (?P<level>[a-z -]+) protection \((?P<n>\d+)\)")
+
+
+def client_protection(log: str) -> tuple[str | None, str | None]:
+    """
+    From a socksified program's stderr (debug 0 or more): the level the
+    Dante client offered and the level it then used, (None, None) when it
+    did not get that far.
+    """
+    offer = _CLIENT_OFFER.search(log)
+    using = _CLIENT_USING.search(log)
+    return (offer["level"] if offer else None, using["level"] if using else None)
 
 
 class Sockd:
@@ -339,3 +416,23 @@ class Sockd:
     def waitForSession(self, timeout: float = 30.0):
         """Fires once sockd has logged a connected session (the first)."""
         return self.process.waitFor(_SESSION, timeout)
+
+    def events(self, command: str | None = None, marker: str | None = None) -> list[Event]:
+        """Every session line so far (optionally of one command and marker), in log order."""
+        found = []
+        for m in _EVENT.finditer(self.log):
+            if command is not None and m["command"] != command:
+                continue
+            if marker is not None and m["marker"] != marker:
+                continue
+            auth = _AUTH.search(m["text"])
+            found.append(Event(
+                protocol=m["protocol"], command=m["command"], marker=m["marker"],
+                method=auth["method"] if auth else None, level=auth["level"] if auth else None,
+                principal=auth["principal"] if auth else None, text=m["text"].rstrip()))
+        return found
+
+    def waitForEvent(self, command: str, marker: str, timeout: float = 30.0):
+        """Fires once sockd has logged a ``command`` line with ``marker`` ("[", "]" or "-")."""
+        pattern = re.compile(rf"pass\(\d+\): (?:tcp|udp)/{re.escape(command)} {re.escape(marker)}: ")
+        return self.process.waitFor(pattern, timeout)

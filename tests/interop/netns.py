@@ -76,6 +76,8 @@ __all__ = [
     "ProcessFailed",
     "serve_http",
     "HTTP_SERVER_READY",
+    "serve_echo",
+    "ECHO_SERVER_READY",
 ]
 
 PREFIX = "txsg"  # every namespace, veth and /etc/netns entry we make starts with it
@@ -510,3 +512,55 @@ def serve_http(namespace: Namespace, directory: str, port: int = 0, reactor: Any
                           "--bind", namespace.address, "--directory", directory, str(port))
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     return WatchedProcess.spawn(argv, f"http.server in {namespace.name}", env=env, reactor=reactor)
+
+
+# What `serve_echo` prints once it listens: kind (tcp or udp), address, port.
+ECHO_SERVER_READY = re.compile(r"Echo listening on (tcp|udp) (\S+) port (\d+)")
+
+_ECHO_SCRIPT = r"""
+import socket, socketserver, sys
+address, kind = sys.argv[1], sys.argv[2]
+if kind == "udp":
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, 0))
+    print(f"Echo listening on udp {address} port {sock.getsockname()[1]}", flush=True)
+    while True:
+        data, peer = sock.recvfrom(65535)
+        print(f"datagram of {len(data)} bytes from {peer[0]}.{peer[1]}", flush=True)
+        sock.sendto(b"echo:" + data, peer)
+else:
+    class Echo(socketserver.BaseRequestHandler):
+        def handle(self):
+            total = 0
+            while True:
+                data = self.request.recv(1 << 20)
+                if not data:
+                    break
+                total += len(data)
+                self.request.sendall(data)
+            print(f"echoed {total} bytes to {self.client_address[0]}.{self.client_address[1]}", flush=True)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    server = Server((address, 0), Echo)
+    print(f"Echo listening on tcp {address} port {server.server_address[1]}", flush=True)
+    server.serve_forever()
+"""
+
+
+def serve_echo(namespace: Namespace, kind: str = "tcp", reactor: Any = None) -> WatchedProcess:
+    """
+    An echo server inside ``namespace`` on its address: ``tcp`` sends every
+    byte back as it arrives (and logs ``echoed N bytes to a.b.c.d.port``
+    when the client closes); ``udp`` answers each datagram with ``echo:``
+    and the datagram (and logs ``datagram of N bytes from a.b.c.d.port``).
+    Wait for ``waitFor(ECHO_SERVER_READY)``; the match's group 3 is the
+    port.  Stop it with ``stop()`` (the namespace's teardown would kill it too).
+    """
+    if kind not in ("tcp", "udp"):
+        raise ValueError(f"echo kind {kind!r}: tcp or udp")
+    argv = namespace.argv(sys.executable, "-u", "-c", _ECHO_SCRIPT, namespace.address, kind)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return WatchedProcess.spawn(argv, f"{kind} echo in {namespace.name}", env=env, reactor=reactor)

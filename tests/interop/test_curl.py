@@ -103,7 +103,7 @@ class CurlSOCKS4Tests(IntegrationTestCase):
     def test_socks4(self):
         body = os.urandom(500_000)
         web_port, _ = self.byteServer(body)
-        socks_port, _ = self.startSOCKS()
+        socks_port, _ = self.startSOCKS(methods=["none", "socks4"], )
         out, err, code = yield self.curl("--socks4", f"127.0.0.1:{socks_port}", f"http://127.0.0.1:{web_port}/")
         self.assertEqual(code, 0, err)
         self.assertEqual(out, body)
@@ -111,7 +111,7 @@ class CurlSOCKS4Tests(IntegrationTestCase):
     @inlineCallbacks
     def test_socks4a_name_resolved_by_the_proxy(self):
         web_port, _ = self.byteServer(b"four-a")
-        socks_port, factory = self.startSOCKS()
+        socks_port, factory = self.startSOCKS(methods=["none", "socks4"], )
         logs = self.captureLogs()
         out, err, code = yield self.curl("--socks4a", f"127.0.0.1:{socks_port}", f"http://localhost:{web_port}/")
         self.assertEqual((code, out), (0, b"four-a"), err)
@@ -121,7 +121,7 @@ class CurlSOCKS4Tests(IntegrationTestCase):
     def test_socks4_denied_by_rule(self):
         web_port, web = self.byteServer(b"no")
         rules = rules_from_table({"rule": [{"action": "deny", "versions": [4]}], "default": "allow"})
-        socks_port, _ = self.startSOCKS(rules=rules)
+        socks_port, _ = self.startSOCKS(methods=["none", "socks4"], rules=rules)
         _out, err, code = yield self.curl("--socks4", f"127.0.0.1:{socks_port}", f"http://127.0.0.1:{web_port}/")
         self.assertEqual(code, CURL_PROXY_HANDSHAKE_ERROR, err)
         self.assertEqual(web.closed, 0)

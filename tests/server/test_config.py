@@ -98,6 +98,12 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("--allow-open", str(error))
         self.assertIn("userpass", str(error))
 
+    def test_socks4_counts_as_unauthenticated_unless_ident_is_required(self):
+        error = self.assertRaises(ConfigError, Config.build, listen=["tcp:1080"], methods=["userpass", "socks4"],
+                                  passwd="/etc/x")
+        self.assertIn("unauthenticated", str(error))
+        Config.build(listen=["tcp:1080"], methods=["userpass", "socks4"], passwd="/etc/x", ident="require")
+
     def test_open_proxy_allowed_when_asked_or_authenticated(self):
         Config.build(listen=["tcp:1080"], allow_open=True)
         Config.build(listen=["tcp:1080"], methods=["userpass"], passwd="/etc/x")

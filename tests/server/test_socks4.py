@@ -33,6 +33,12 @@ from txsocksgss.server.rules import rules_from_table
 from txsocksgss.wire.socks4 import SOCKS4Command, SOCKS4ReplyCode, SOCKS4Request
 
 
+def socks4_harness(**kwargs) -> ServerHarness:
+    harness = ServerHarness(**kwargs)
+    harness.context.socks4 = True
+    return harness
+
+
 def request(host="192.0.2.1", port=80, userid=b"alice", command=SOCKS4Command.CONNECT) -> bytes:
     if host[0].isdigit():
         return SOCKS4Request(command, port, host, userid).serialize()
@@ -51,8 +57,16 @@ class FixedIdent:
 
 
 class SOCKS4UnitTests(SynchronousTestCase):
-    def test_connect_granted_with_bound_address(self):
+    def test_refused_with_91_unless_enabled(self):
         harness = ServerHarness()
+        harness.send(request())
+        self.assertEqual(harness.take()[:2], b"\x00\x5b")
+        self.assertTrue(harness.transport.disconnecting)
+        self.assertEqual(harness.reactor.tcpClients, [])
+        self.assertIn("--method socks4", harness.protocol.record.outcome)
+
+    def test_connect_granted_with_bound_address(self):
+        harness = socks4_harness()
         harness.send(request())
         self.assertEqual(harness.reactor.tcpClients[0][:2], ("192.0.2.1", 80))
         harness.complete_connect()
@@ -61,48 +75,48 @@ class SOCKS4UnitTests(SynchronousTestCase):
         self.assertEqual(harness.protocol.identity.user, "alice")
 
     def test_socks4a_name_resolved_by_the_server(self):
-        harness = ServerHarness(names={"example.test": ["192.0.2.9"]})
+        harness = socks4_harness(names={"example.test": ["192.0.2.9"]})
         harness.send(request("example.test"))
         self.assertEqual(harness.reactor.tcpClients[0][:2], ("192.0.2.9", 80))
 
     def test_failures_are_91(self):
-        harness = ServerHarness()
+        harness = socks4_harness()
         harness.send(request())
         harness.fail_connect(ierror.ConnectionRefusedError())
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
         self.assertTrue(harness.transport.disconnecting)
 
     def test_unresolvable_name_is_91(self):
-        harness = ServerHarness()
+        harness = socks4_harness()
         harness.send(request("nowhere.test"))
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
 
     def test_rules_can_forbid_socks4(self):
         policy = rules_from_table({"rule": [{"action": "deny", "versions": [4]}], "default": "allow"})
-        harness = ServerHarness(policy=policy)
+        harness = socks4_harness(policy=policy)
         harness.send(request())
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
         self.assertEqual(harness.reactor.tcpClients, [])
 
     def test_rules_see_the_userid_as_user(self):
         policy = rules_from_table({"rule": [{"action": "allow", "users": ["alice"]}]})
-        harness = ServerHarness(policy=policy)
+        harness = socks4_harness(policy=policy)
         harness.send(request(userid=b"mallory"))
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
-        harness = ServerHarness(policy=policy)
+        harness = socks4_harness(policy=policy)
         harness.send(request(userid=b"alice"))
         self.assertEqual(len(harness.reactor.tcpClients), 1)
 
     def test_ident_refusals_send_their_codes(self):
         for code in (SOCKS4ReplyCode.IDENT_UNREACHABLE, SOCKS4ReplyCode.IDENT_MISMATCH):
-            harness = ServerHarness()
+            harness = socks4_harness()
             harness.context.ident = FixedIdent(IdentOutcome(user=None, refusal=code, reason="test"))
             harness.send(request())
             self.assertEqual(harness.take()[:2], bytes([0, code]))
             self.assertTrue(harness.transport.disconnecting)
 
     def test_ident_answer_becomes_the_user(self):
-        harness = ServerHarness()
+        harness = socks4_harness()
         checker = FixedIdent(IdentOutcome(user="alice-from-identd", ident_answer="alice-from-identd"))
         harness.context.ident = checker
         harness.send(request(userid=b"alice"))
@@ -110,7 +124,7 @@ class SOCKS4UnitTests(SynchronousTestCase):
         self.assertEqual(harness.protocol.identity.user, "alice-from-identd")
 
     def test_bind(self):
-        harness = ServerHarness()
+        harness = socks4_harness()
         harness.send(request(command=SOCKS4Command.BIND))
         [(port, _factory, _backlog, interface)] = harness.reactor.tcpServers
         self.assertEqual(interface, "127.0.0.1")
@@ -118,20 +132,20 @@ class SOCKS4UnitTests(SynchronousTestCase):
         self.assertEqual(first[:2], b"\x00\x5a")
 
     def test_too_long_userid_is_refused(self):
-        harness = ServerHarness()
+        harness = socks4_harness()
         harness.send(b"\x04\x01\x00\x50\xc0\x00\x02\x01" + b"u" * 300)
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
         self.assertTrue(harness.transport.disconnecting)
 
     def test_unknown_command_is_91(self):
-        harness = ServerHarness()
+        harness = socks4_harness()
         harness.send(b"\x04\x07\x00\x50\xc0\x00\x02\x01\x00")
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
 
     def test_cut_at_every_byte_then_close(self):
         whole = request("example.test")
         for cut in range(1, len(whole)):
-            harness = ServerHarness()
+            harness = socks4_harness()
             harness.send(whole[:cut])
             self.assertEqual(harness.take(), b"")
             harness.protocol.connectionLost(Failure(ierror.ConnectionDone()))
@@ -140,7 +154,7 @@ class SOCKS4UnitTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=600))
     def test_arbitrary_socks4_bytes(self, data):
-        harness = ServerHarness()
+        harness = socks4_harness()
         harness.send(b"\x04" + data)
         out = harness.take()
         self.assertIn(out[:2], (b"", b"\x00\x5b"))
@@ -192,7 +206,7 @@ class IdentIntegrationTests(IntegrationTestCase):
     def test_matching_ident_is_granted(self):
         ident_port = yield self.startIdentd()
         web_port, _ = self.byteServer(b"identified")
-        socks_port, _ = self.startSOCKS(ident="require", ident_port=ident_port)
+        socks_port, _ = self.startSOCKS(methods=["none", "socks4"], ident="require", ident_port=ident_port)
         me = pwd.getpwuid(os.getuid()).pw_name
         protocol = yield self.connect(socks_port, web_port, me)
         data = yield protocol.done
@@ -201,7 +215,7 @@ class IdentIntegrationTests(IntegrationTestCase):
     @inlineCallbacks
     def test_mismatching_ident_is_93(self):
         ident_port = yield self.startIdentd()
-        socks_port, _ = self.startSOCKS(ident="require", ident_port=ident_port)
+        socks_port, _ = self.startSOCKS(methods=["none", "socks4"], ident="require", ident_port=ident_port)
         error = yield self.assertFailure(self.connect(socks_port, 9, "mallory"), SOCKS4IdentMismatch)
         self.assertEqual(error.code, 93)
 
@@ -210,7 +224,7 @@ class IdentIntegrationTests(IntegrationTestCase):
         ident_port = yield self.startIdentd()
         web_port, _ = self.byteServer(b"logged")
         logs = self.captureLogs()
-        socks_port, _ = self.startSOCKS(ident="log", ident_port=ident_port)
+        socks_port, _ = self.startSOCKS(methods=["none", "socks4"], ident="log", ident_port=ident_port)
         protocol = yield self.connect(socks_port, web_port, "mallory")
         data = yield protocol.done
         self.assertTrue(data.endswith(b"logged"))
@@ -223,14 +237,14 @@ class IdentIntegrationTests(IntegrationTestCase):
         with socket.socket() as probe:  # a port nothing listens on
             probe.bind(("127.0.0.1", 0))
             closed = probe.getsockname()[1]
-        socks_port, _ = self.startSOCKS(ident="require", ident_port=closed)
+        socks_port, _ = self.startSOCKS(methods=["none", "socks4"], ident="require", ident_port=closed)
         error = yield self.assertFailure(self.connect(socks_port, 9, "root"), SOCKS4IdentUnreachable)
         self.assertEqual(error.code, 92)
 
     @inlineCallbacks
     def test_identd_that_never_answers_is_92_after_the_timeout(self):
         silent_port = self.listen(Factory.forProtocol(SilentServer))
-        socks_port, _ = self.startSOCKS(ident="require", ident_port=silent_port, ident_timeout=0.5)
+        socks_port, _ = self.startSOCKS(methods=["none", "socks4"], ident="require", ident_port=silent_port, ident_timeout=0.5)
         start = reactor.seconds()
         yield self.assertFailure(self.connect(socks_port, 9, "root"), SOCKS4IdentUnreachable)
         self.assertGreaterEqual(reactor.seconds() - start, 0.5)
@@ -238,7 +252,7 @@ class IdentIntegrationTests(IntegrationTestCase):
     @inlineCallbacks
     def test_socks4_refused_by_rule(self):
         rules = rules_from_table({"rule": [{"action": "deny", "versions": [4]}], "default": "allow"})
-        socks_port, _ = self.startSOCKS(rules=rules)
+        socks_port, _ = self.startSOCKS(methods=["none", "socks4"], rules=rules)
         yield self.assertFailure(self.connect(socks_port, 9, "root"), SOCKS4Rejected)
 
 
@@ -251,7 +265,7 @@ class OwnClientTests(IntegrationTestCase):
         from txsocksgss.client.bind import bindThroughProxy
 
         web_port, _ = self.byteServer(b"by name")
-        socks_port, _ = self.startSOCKS()
+        socks_port, _ = self.startSOCKS(methods=["none", "socks4"], )
         proxy = TCP4ClientEndpoint(reactor, "127.0.0.1", socks_port)
         protocol = yield SOCKS4ClientEndpoint(proxy, "localhost", web_port, "bob").connect(Factory.forProtocol(Fetcher))
         data = yield protocol.done

@@ -211,9 +211,14 @@ class GSSAPIServerFactory:
 
     def _acquire(self) -> Any:
         store = {"keytab": self.settings.keytab} if self.settings.keytab else None
+        # The keytab is checked through Kerberos alone, which says clearly
+        # what is wrong; inquiring SPNEGO credentials instead reaches every
+        # installed mechanism, and gss-ntlmssp 1.2 crashes there when the
+        # keytab is missing.
+        mechs = [gssapi.OID.from_int_seq(MECHANISMS[m]) for m in self.settings.mechanisms]
         try:
-            credentials = gssapi.Credentials(usage="accept", store=store)
-            credentials.inquire()
+            gssapi.Credentials(usage="accept", store=store, mechs=[gssapi.OID.from_int_seq(KRB5_OID)])
+            credentials = gssapi.Credentials(usage="accept", store=store, mechs=mechs)
         except GSSError as error:
             where = self.settings.keytab or "the default keytab"
             raise ConfigError(f"cannot use {where} to accept GSS-API contexts: {_gss_text(error)}") from None
@@ -300,7 +305,7 @@ class _GSSAPIServerConversation:
         return None
 
     def _checkEstablished(self) -> None:
-        if str(self._context.mech) != KRB5_OID:
+        if self._context.mech.dotted_form != KRB5_OID:
             # Only Kerberos names the service principal the client targeted
             # (asking NTLM's context for it crashes gss-ntlmssp 1.2).
             return
@@ -346,7 +351,7 @@ class _GSSAPIServerConversation:
                 "protection": level_name(answer),
                 "requested_protection": level_name(requested),
                 "service": self._service_principal,
-                "inner_mechanism": str(self._context.mech),
+                "inner_mechanism": self._context.mech.dotted_form,
                 "context_tokens": self._client_tokens,
                 "nec": nec,
             },

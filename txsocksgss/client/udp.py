@@ -29,6 +29,9 @@ __all__ = ["UDPAssociation", "associateUDP"]
 
 _log = Logger()
 
+# The largest UDP payload (Twisted's default of 8192 would truncate silently).
+_MAX_DATAGRAM = 65535
+
 
 class UDPAssociation:
     """
@@ -47,7 +50,7 @@ class UDPAssociation:
         self._port: Any = None
 
     def _start(self, reactor: Any, interface: str) -> None:
-        self._port = reactor.listenUDP(0, _RelaySide(self), interface=interface)
+        self._port = reactor.listenUDP(0, _RelaySide(self), interface=interface, maxPacketSize=_MAX_DATAGRAM)
         self.protocol.makeConnection(self)  # type: ignore[arg-type]
         self.handshake.controlLost.addCallback(lambda _: self._ended())
 

@@ -94,8 +94,7 @@ class BindCommand:
     def _connected(self, protocol: UpstreamProtocol) -> None:
         assert protocol.transport is not None
         peer = protocol.transport.getPeer()
-        self.session.sendReply(ReplyCode.SUCCEEDED, Address.of(peer.host, peer.port))  # type: ignore[attr-defined]
-        self.session.startRelay(protocol)
+        self.session.startRelay(protocol, ReplyCode.SUCCEEDED, Address.of(peer.host, peer.port))  # type: ignore[attr-defined]
 
     def _timedOut(self) -> None:
         self._wait_timer = None

@@ -21,7 +21,7 @@ from txsocksgss.server.rules import ALLOW_ALL, RuleSet, load_rules, rules_from_t
 __all__ = ["Config", "DEFAULT_LISTEN", "KNOWN_METHODS", "endpoint_is_loopback"]
 
 DEFAULT_LISTEN = "tcp:1080:interface=127.0.0.1"
-KNOWN_METHODS = ("none", "userpass", "gssapi", "maf")
+KNOWN_METHODS = ("none", "userpass", "gssapi", "maf", "socks4")
 GSSAPI_MECH_CHOICES = ("krb5", "spnego", "any")
 GSSAPI_LEVEL_NAMES = ("confidentiality", "integrity", "clear")
 
@@ -45,6 +45,7 @@ _TOML_KEYS = {
     "ident_timeout": "ident_timeout",
     "maf_chains": "maf_chains",
     "maf_continue_on_failure": "maf_continue_on_failure",
+    "splice": "splice",
 }
 _RULE_KEYS = ("default", "rule")
 
@@ -84,6 +85,8 @@ class Config:
         ``gssapi``, ``test``), e.g. ``("gssapi=3", "userpass+test=1")``.
     :ivar maf_continue_on_failure: after a failed sub-method, try the next
         alternative instead of failing the whole MAF subnegotiation.
+    :ivar splice: relay unprotected tunnels with os.splice (zero copy) where
+        the platform allows; ``False`` forces the ordinary relay.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -105,6 +108,7 @@ class Config:
     ident_timeout: float = 10.0
     maf_chains: tuple[str, ...] = ()
     maf_continue_on_failure: bool = False
+    splice: bool = True
 
     @property
     def effective_methods(self) -> tuple[str, ...]:
@@ -207,13 +211,13 @@ class Config:
                 ipaddress.ip_address(self.external)
             except ValueError:
                 raise ConfigError(f"--external must be an IP address, not {self.external!r}") from None
-        if "none" in self.effective_methods and not self.allow_open:
+        if ("none" in self.effective_methods or "socks4" in self.effective_methods) and not self.allow_open:
             # Checked again on the methods actually served (service.check_open_proxy);
             # here so that a bad configuration fails before anything is built.
             from txsocksgss.server.service import check_open_proxy
             from txsocksgss.auth.none import NoAuthServerFactory
 
-            check_open_proxy(self, [NoAuthServerFactory()])
+            check_open_proxy(self, [NoAuthServerFactory()] if "none" in self.effective_methods else [])
 
 
 def parse_maf_chain(spec: str) -> tuple[tuple[str, ...], int]:
@@ -252,7 +256,7 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{key.replace('_', ' ')} must be a number of seconds, not {value!r}")
             out[key] = None if key == "idle_timeout" and value == 0 else float(value)
-        elif key in ("allow_open", "gssapi_nec", "maf_continue_on_failure"):
+        elif key in ("allow_open", "gssapi_nec", "maf_continue_on_failure", "splice"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             out[key] = value

@@ -48,6 +48,7 @@ from txsocksgss.server.outbound import DestinationUnresolved, reply_code_for, re
 from txsocksgss.server.relay import Relay, UpstreamProtocol
 from txsocksgss.server.rules import AccessRequest, Decision
 from txsocksgss.server.session import SessionRecord
+from txsocksgss.server.splice import SpliceRelay, splice_available
 from txsocksgss.auth.ident import IdentOutcome
 from txsocksgss.wire.reader import MessageBuffer
 from txsocksgss.wire.socks4 import (
@@ -101,7 +102,8 @@ class ServerContext:
     Everything a server protocol needs, shared by all its connections.
 
     ``reactor`` provides IReactorTCP, IReactorUDP and IReactorTime;
-    ``authenticators`` are in the server's order of preference;
+    ``authenticators`` are in the server's order of preference; ``socks4``
+    lets SOCKS 4/4a requests in (they bypass every SOCKS 5 method);
     ``external`` is the address BIND and UDP ASSOCIATE listen on (``None``:
     the address the client reached the server on).
     """
@@ -114,6 +116,8 @@ class ServerContext:
     idle_timeout: float | None = 3600.0
     external: str | None = None
     ident: IIdentChecker | None = None
+    socks4: bool = False
+    splice: bool = True
     sessions: set[Any] = field(default_factory=set)
     _drain_waiters: list[Deferred[None]] = field(default_factory=list)
 
@@ -169,7 +173,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._negotiation_timer: IDelayedCall | None = None
         self._pending: Deferred[Any] | None = None
         self._command_handler: Any = None
-        self._relay: Relay | None = None
+        self._relay: Relay | SpliceRelay | None = None
         self.record: SessionRecord | None = None
         self.protection: IStreamProtection | None = None
 
@@ -241,6 +245,11 @@ class SOCKS5ServerProtocol(Protocol):
                     if not len(self._buffer):
                         return
                     if self._buffer.peek() == SOCKS4_VERSION:
+                        if not self.context.socks4:
+                            self.version = 4
+                            self._close("SOCKS 4 request, but SOCKS 4 is not enabled (--method socks4)",
+                                        SOCKS4ReplyCode.REJECTED)
+                            return
                         self._startSOCKS4()
                         continue
                     greeting = self._buffer.next(parse_greeting)
@@ -393,6 +402,9 @@ class SOCKS5ServerProtocol(Protocol):
         self.identity = result.identity
         self.record.user = result.identity.user
         self.state = SessionState.REQUEST
+        level = result.identity.attributes.get("protection")
+        if level:
+            self.record.protection = str(level)
         if result.protection is not None:
             self.protection = result.protection
             self.transport = ProtectedTransport(self.transport, result.protection)
@@ -534,8 +546,7 @@ class SOCKS5ServerProtocol(Protocol):
             upstream.transport.loseConnection()
             return
         bound = upstream.transport.getHost()
-        self.sendReply(ReplyCode.SUCCEEDED, _address_of(bound.host, bound.port))  # type: ignore[attr-defined]
-        self.startRelay(upstream)
+        self.startRelay(upstream, ReplyCode.SUCCEEDED, _address_of(bound.host, bound.port))  # type: ignore[attr-defined]
 
     def _commandFailed(self, failure: Failure) -> None:
         self._pending = None
@@ -569,23 +580,38 @@ class SOCKS5ServerProtocol(Protocol):
         address = bound.host if bound.type == AddressType.IPV4 else "0.0.0.0"
         return SOCKS4Reply(code4, bound.port, address).serialize()
 
-    def startRelay(self, upstream: UpstreamProtocol) -> None:
-        """Join this connection and ``upstream`` (connected) in a `Relay`."""
+    def startRelay(self, upstream: UpstreamProtocol, code: ReplyCode, bound: Address) -> None:
+        """
+        Send the success reply (``code``, ``bound``) and join this connection
+        and ``upstream`` (connected): with the zero-copy `SpliceRelay` when
+        nothing stands in its way (no protection, nothing buffered either
+        side, plain TCP), else with the ordinary `Relay`.
+        """
         assert upstream.transport is not None and self.transport is not None
+        self._cancelNegotiationTimer()
         self.state = SessionState.RELAYING
-        relay = Relay(
-            self.transport,
-            upstream.transport,
-            self.context.reactor,
-            self.context.idle_timeout,
-            self._relayEnded,
-        )
+        early = self._buffer.take_all()
+        reply = self._reply(code, bound)
+        relay: Relay | SpliceRelay
+        if (
+            self.context.splice
+            and self.protection is None
+            and not early
+            and not upstream.hasEarlyData()
+            and splice_available(self.context.reactor, self.transport, upstream.transport)
+            and _sendNow(self.transport, reply)
+        ):
+            relay = SpliceRelay(self.transport, upstream.transport, self.context.reactor,
+                                self.context.idle_timeout, self._relayEnded)
+        else:
+            self.transport.write(reply)
+            relay = Relay(self.transport, upstream.transport, self.context.reactor,
+                          self.context.idle_timeout, self._relayEnded)
         self._relay = relay
         relay.start()
-        early = self._buffer.take_all()
         if early:
             relay.fromClient(early)
-        upstream.attach(relay)
+        upstream.attach(relay)  # type: ignore[arg-type]
 
     def shutdown(self) -> None:
         """Close this session now, whatever its state (server shutdown)."""
@@ -604,7 +630,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._pending = deferred
 
     @property
-    def relay(self) -> Relay | None:
+    def relay(self) -> Relay | SpliceRelay | None:
         return self._relay
 
     # -- endings --------------------------------------------------------------
@@ -652,6 +678,25 @@ class SOCKS5ServerProtocol(Protocol):
                 self.record.bytes_to_client = getattr(handler, "bytes_to_client", 0)
             self.record.finish(self.context.reactor.seconds(), outcome)
         self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def _sendNow(transport: Any, data: bytes) -> bool:
+    """
+    Put ``data`` on the socket at once (a splice relay takes the socket over
+    right after, so nothing may wait in the transport's buffer).  False if
+    the socket would not take it all; the caller then writes the rest the
+    ordinary way.
+    """
+    try:
+        sent = transport.socket.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        return False
+    if sent < len(data):
+        transport.write(data[sent:])
+        return False
+    return True
 
 
 class _UpstreamFactory(Factory):

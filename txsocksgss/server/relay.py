@@ -168,6 +168,10 @@ class UpstreamProtocol(Protocol):
         if self.onConnected is not None:
             self.onConnected(self)
 
+    def hasEarlyData(self) -> bool:
+        """Whether anything (bytes, EOF, loss) arrived before a relay was attached."""
+        return bool(self._early) or self._early_eof or self._lost is not None
+
     def dataReceived(self, data: bytes) -> None:
         if self.relay is None:
             self._early.append(data)

@@ -44,7 +44,8 @@ def _authenticators(
             built[name] = _buildMethod(name, config, checkers, realm, factory_for)
         return built[name]
 
-    return tuple(factory_for(name) for name in config.effective_methods)
+    # "socks4" is not a SOCKS 5 method: it lets version 4 requests in (see ServerContext.socks4).
+    return tuple(factory_for(name) for name in config.effective_methods if name != "socks4")
 
 
 def _buildMethod(name: str, config: Config, checkers: Iterable[ICredentialsChecker], realm: IRealm | None,
@@ -132,6 +133,8 @@ def makeServerFactory(
         idle_timeout=config.idle_timeout,
         external=config.external,
         ident=ident,
+        socks4="socks4" in config.effective_methods,
+        splice=config.splice,
     )
     return SOCKSServerFactory(context)
 
@@ -142,7 +145,8 @@ def check_open_proxy(config: Config, methods: Iterable[IServerAuthenticatorFacto
     unless ``config.allow_open``: the open-proxy check, on the methods
     actually served (a program's own authenticators included).
     """
-    if config.allow_open or not any(m.method == AuthMethod.NONE for m in methods):
+    socks4_open = "socks4" in config.effective_methods and config.ident != "require"
+    if config.allow_open or not (socks4_open or any(m.method == AuthMethod.NONE for m in methods)):
         return
     public = [desc for desc in config.listen if not endpoint_is_loopback(desc)]
     if public:

@@ -40,6 +40,9 @@ __all__ = ["UDPAssociateCommand"]
 
 _log = Logger()
 
+# The largest UDP payload (Twisted's default of 8192 would truncate silently).
+_MAX_DATAGRAM = 65535
+
 # Destinations the client may send to within one association; replies are
 # accepted only from these.
 _MAX_PEERS = 4096
@@ -105,7 +108,7 @@ class UDPAssociateCommand:
                                    ReplyCode.GENERAL_FAILURE)
             return
         try:
-            self._client_side = context.reactor.listenUDP(0, _ClientSide(self), interface=interface)
+            self._client_side = context.reactor.listenUDP(0, _ClientSide(self), interface=interface, maxPacketSize=_MAX_DATAGRAM)
         except Exception as error:  # CannotListenError and friends
             self.session.closeWith(f"UDP ASSOCIATE: cannot listen on {interface}: {error}",
                                    ReplyCode.GENERAL_FAILURE)
@@ -207,7 +210,7 @@ class UDPAssociateCommand:
         side = self._remote_sides.get(family)
         if side is None:
             side = self.session.context.reactor.listenUDP(
-                0, _RemoteSide(self), interface="::" if family == 6 else "0.0.0.0"
+                0, _RemoteSide(self), interface="::" if family == 6 else "0.0.0.0", maxPacketSize=_MAX_DATAGRAM
             )
             self._remote_sides[family] = side
         if len(self._peers) < _MAX_PEERS:
