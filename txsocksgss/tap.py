@@ -64,6 +64,9 @@ class Options(usage.Options):
         ["ident-port", None, None, "Port of the identd on client hosts (default 113).", int],
         ["ident-timeout", None, None, "Seconds an ident lookup may take (default 10).", _seconds],
         ["gssapi-service", None, None, "GSS-API: service name clients target, as in rcmd/HOST (default rcmd)."],
+        ["workers", None, None,
+         "Processes serving the TCP listeners, sharing their ports with SO_REUSEPORT (default 1); "
+         "each listener needs a fixed port.", int],
         ["gssapi-mech", None, None, "GSS-API: mechanism to accept: krb5, spnego or any (default any)."],
         ["gssapi-protection", None, None,
          "GSS-API: levels to agree to, most preferred first, from confidentiality, integrity, clear "
@@ -80,6 +83,14 @@ class Options(usage.Options):
             "ident": usage.CompleteList(["off", "log", "require"]),
         },
     )
+
+    worker = False  # True in a worker process started by the master
+
+    def parseOptions(self, options: Any = None) -> None:
+        import sys
+
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,9 +153,11 @@ def config_from_options(options: Any) -> Config:
         maf_chains=options["maf-chain"] or None,
         maf_continue_on_failure=True if options["maf-continue-on-failure"] else None,
         splice=False if options["no-splice"] else None,
+        workers=options["workers"],
     )
 
 
 def makeService(options: Options) -> SOCKSService:
     """twistd's IServiceMaker entry."""
-    return makeServiceFromFactory(options.config, options.factory)
+    worker_argv = None if options.worker else options.argv
+    return makeServiceFromFactory(options.config, options.factory, worker_argv=worker_argv)

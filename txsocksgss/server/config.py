@@ -46,6 +46,7 @@ _TOML_KEYS = {
     "maf_chains": "maf_chains",
     "maf_continue_on_failure": "maf_continue_on_failure",
     "splice": "splice",
+    "workers": "workers",
 }
 _RULE_KEYS = ("default", "rule")
 
@@ -87,6 +88,8 @@ class Config:
         alternative instead of failing the whole MAF subnegotiation.
     :ivar splice: relay unprotected tunnels with os.splice (zero copy) where
         the platform allows; ``False`` forces the ordinary relay.
+    :ivar workers: processes serving the listeners (SO_REUSEPORT); 1 is this
+        process alone.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -109,6 +112,7 @@ class Config:
     maf_chains: tuple[str, ...] = ()
     maf_continue_on_failure: bool = False
     splice: bool = True
+    workers: int = 1
 
     @property
     def effective_methods(self) -> tuple[str, ...]:
@@ -200,6 +204,13 @@ class Config:
             raise ConfigError("method maf needs at least one --maf-chain, e.g. --maf-chain userpass+gssapi=2")
         for spec in self.maf_chains:
             parse_maf_chain(spec)
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"workers must be 1 to 256, not {self.workers}")
+        if self.workers > 1:
+            from txsocksgss.server.workers import reuse_port_endpoint
+
+            for description in self.listen:
+                reuse_port_endpoint(None, description)  # raises ConfigError for unsuitable listeners
         if self.ident not in ("off", "log", "require"):
             raise ConfigError(f"ident must be off, log or require, not {self.ident!r}")
         if not 1 <= self.ident_port <= 65535:
@@ -248,9 +259,9 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{key} must be a list of strings")
             out[key] = tuple(value)
-        elif key == "ident_port":
+        elif key in ("ident_port", "workers"):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"ident_port must be a port number, not {value!r}")
+                raise ConfigError(f"{key} must be a whole number, not {value!r}")
             out[key] = value
         elif key in ("negotiation_timeout", "idle_timeout", "ident_timeout"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -162,13 +162,24 @@ def check_open_proxy(config: Config, methods: Iterable[IServerAuthenticatorFacto
 class SOCKSService(MultiService):
     """A MultiService with one listener per ``config.listen`` entry; ``factory`` serves them all."""
 
-    def __init__(self, config: Config, factory: SOCKSServerFactory, reactor: Any) -> None:
+    def __init__(self, config: Config, factory: SOCKSServerFactory, reactor: Any,
+                 worker_argv: Iterable[str] | None = None) -> None:
         super().__init__()
         self.methods = ", ".join(m.name for m in factory.context.authenticators)
         self.config = config
         self.factory = factory
+        shared = config.workers > 1
+        if shared and worker_argv is not None:
+            from txsocksgss.server.workers import WorkerPool
+
+            WorkerPool(reactor, config.workers, list(worker_argv)).setServiceParent(self)
         for description in config.listen:
-            endpoint = serverFromString(reactor, description)
+            if shared:
+                from txsocksgss.server.workers import reuse_port_endpoint
+
+                endpoint: Any = reuse_port_endpoint(reactor, description)
+            else:
+                endpoint = serverFromString(reactor, description)
             listener = StreamServerEndpointService(endpoint, factory)
             # As twisted.application.strports does: a listen error stops
             # twistd at start-up instead of being logged and ignored.
@@ -206,10 +217,15 @@ def makeService(
     return SOCKSService(config, factory, reactor)
 
 
-def makeServiceFromFactory(config: Config, factory: SOCKSServerFactory, reactor: Any = None) -> SOCKSService:
-    """The service for a factory already built with `makeServerFactory` (twistd builds it while parsing options)."""
+def makeServiceFromFactory(config: Config, factory: SOCKSServerFactory, reactor: Any = None,
+                           worker_argv: Iterable[str] | None = None) -> SOCKSService:
+    """
+    The service for a factory already built with `makeServerFactory` (twistd
+    builds it while parsing options).  With ``config.workers`` > 1 and
+    ``worker_argv`` (the twistd options), it also starts the other workers.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    return SOCKSService(config, factory, reactor)
+    return SOCKSService(config, factory, reactor, worker_argv)

@@ -1,0 +1,91 @@
+"""
+`--workers N`: several processes serve one port (SO_REUSEPORT), the
+connections spread over them, and stopping the master stops them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.client.test_against_own_server import Fetcher
+from tests.support import IntegrationTestCase
+from tests.test_twistd import TWISTD, TwistdProcess, free_port
+from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
+from txsocksgss.errors import ConfigError
+from txsocksgss.server.config import Config
+
+
+class WorkerConfigTests(SynchronousTestCase):
+    def test_workers_need_fixed_tcp_ports(self):
+        error = self.assertRaises(ConfigError, Config.build, listen=["tcp:0:interface=127.0.0.1"], workers=2)
+        self.assertIn("fixed port", str(error))
+        error = self.assertRaises(ConfigError, Config.build, listen=["unix:/tmp/x.sock"], workers=2)
+        self.assertIn("tcp", str(error))
+        Config.build(listen=["tcp:1080:interface=127.0.0.1"], workers=2)
+
+
+class _Watched(TwistdProcess):
+    """Also fires ``workerReady`` when worker 1 says it listens."""
+
+    def __init__(self):
+        super().__init__()
+        from twisted.internet.defer import Deferred
+
+        self.workerReady = Deferred()
+
+    def outReceived(self, data):
+        super().outReceived(data)
+        if not self.workerReady.called and b"worker 1: " in self.output and \
+                self.output.count(b"txsocksgss listening on") >= 2:
+            self.workerReady.callback(None)
+
+    errReceived = outReceived
+
+
+class WorkerProcessTests(IntegrationTestCase):
+    @pytest.mark.interop
+    @inlineCallbacks
+    def test_two_processes_share_the_port_and_stop_together(self):
+        port = free_port()
+        process = _Watched()
+        transport = reactor.spawnProcess(
+            process, TWISTD,
+            [TWISTD, "-n", "--pidfile=", "--logfile=-", "socksgss", "--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--workers", "2"],
+            env=dict(os.environ),
+        )
+        self.addCleanup(lambda: None if process.ended.called else (transport.signalProcess("KILL"), process.ended)[1])
+        yield process.ready
+        yield process.workerReady
+        web_port, _ = self.byteServer(b"served")
+        proxy = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        served = 0
+        for _round in range(20):
+            # The worker may still be starting: keep going until both answered.
+            fetches = [SOCKS5ClientEndpoint(proxy, "127.0.0.1", web_port).connect(Factory.forProtocol(Fetcher))
+                       for _ in range(10)]
+            protocols = yield gatherResults(fetches)
+            bodies = yield gatherResults([p.done for p in protocols])
+            served += sum(body.endswith(b"served") for body in bodies)
+            worker_lines = process.output.count(b"worker 1: ") and process.output.count(b"session client")
+            master_sessions = [line for line in process.output.splitlines()
+                               if b"session client" in line and b"worker 1:" not in line]
+            if worker_lines and master_sessions:
+                break
+        self.assertIn(b"worker 1: ", process.output)
+        self.assertTrue([line for line in process.output.splitlines()
+                         if b"session client" in line and b"worker 1:" in line], process.output.decode())
+        self.assertTrue(master_sessions, process.output.decode())
+        self.assertEqual(served % 10, 0)
+        transport.signalProcess(signal.SIGTERM)
+        yield process.ended
+        self.assertIn(b"worker 1 ended", process.output)
+        self.assertNotIn(b"Traceback", process.output)

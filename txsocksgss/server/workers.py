@@ -1,0 +1,167 @@
+"""
+Several processes serving the same listening ports, one reactor each.
+
+Theory of operation.  CPython runs one thread of Python at a time, so one
+process uses one core.  With ``--workers N`` the twistd process (the
+master) starts N-1 worker processes running the same options; every process
+opens its own listening socket on each TCP address with SO_REUSEPORT, and
+the kernel spreads new connections over them.  A worker watches a pipe from
+the master on its standard input: when the master goes away (stopped,
+killed), the pipe closes and the worker stops too.  The master stops its
+workers with SIGTERM when it stops, and restarts none (a crashed worker's
+share of new connections simply goes to the others: SO_REUSEPORT only
+spreads over sockets that exist).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txsocksgss.errors import ConfigError
+
+__all__ = ["ReusePortEndpoint", "reuse_port_endpoint", "WorkerPool", "worker_main"]
+
+_log = Logger()
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
+    """A TCP server endpoint whose socket has SO_REUSEPORT, so several processes can listen on one port."""
+
+    def __init__(self, reactor: Any, port: int, interface: str, backlog: int = 1024) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.interface = interface
+        self.backlog = backlog
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.interface, self.port))
+            sock.listen(self.backlog)
+            sock.setblocking(False)
+            port = self.reactor.adoptStreamPort(sock.fileno(), family, factory)
+        except OSError as error:
+            return fail(error)
+        finally:
+            sock.close()  # adoptStreamPort keeps its own copy
+        d: Deferred[Any] = Deferred()
+        d.callback(port)
+        return d
+
+
+def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint:
+    """The `ReusePortEndpoint` for a ``tcp:PORT:interface=...`` or ``tcp6:`` description."""
+    from txsocksgss.server.config import _split_description
+
+    kind, positional, keywords = _split_description(description)
+    if kind not in ("tcp", "tcp6"):
+        raise ConfigError(f"--workers needs tcp: or tcp6: listeners, not {description!r}")
+    port_text = keywords.get("port", positional[0] if positional else "")
+    if not port_text.isdigit() or int(port_text) == 0:
+        raise ConfigError(f"--workers needs a fixed port in {description!r} (the processes share it)")
+    interface = keywords.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+    backlog = int(keywords.get("backlog", "1024"))
+    return ReusePortEndpoint(reactor, int(port_text), interface.strip("[]"), backlog)
+
+
+class _WorkerProcess(ProcessProtocol):
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            _log.info("worker {number}: {line}", number=self.number, line=line)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        _log.info("worker {number} ended: {why}", number=self.number, why=reason.getErrorMessage())
+        self.ended.callback(None)
+
+
+class WorkerPool(Service):
+    """
+    Starts ``count - 1`` worker processes running ``argv`` (the master is the
+    first worker) and stops them with SIGTERM when the service stops.
+    """
+
+    def __init__(self, reactor: Any, count: int, argv: Sequence[str]) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.argv = list(argv)
+        self.processes: list[tuple[Any, _WorkerProcess]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        command = [sys.executable, "-m", "txsocksgss.server.workers", *self.argv]
+        for number in range(1, self.count):
+            protocol = _WorkerProcess(number)
+            transport = self.reactor.spawnProcess(protocol, sys.executable, command, env=dict(os.environ),
+                                                  childFDs={0: "w", 1: "r", 2: "r"})
+            self.processes.append((transport, protocol))
+        _log.info("started {n} worker processes", n=self.count - 1)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        waits = []
+        for transport, protocol in self.processes:
+            if not protocol.ended.called:
+                try:
+                    transport.signalProcess(signal.SIGTERM)
+                except Exception:  # already gone
+                    pass
+                waits.append(protocol.ended)
+        self.processes = []
+        return DeferredList(waits)
+
+
+class _MasterWatch(Protocol):
+    """On a worker's standard input: the master closing the pipe stops the worker."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """A worker process: the master's twistd options, one reactor, until the master goes."""
+    from twisted.application.service import IService
+    from twisted.internet import reactor
+    from twisted.internet.stdio import StandardIO
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from txsocksgss.tap import Options, makeService
+
+    options = Options()
+    options.worker = True
+    options.parseOptions(list(argv))
+    service = makeService(options)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    StandardIO(_MasterWatch(reactor), stdout=os.open(os.devnull, os.O_WRONLY))
+    IService(service).startService()
+    reactor.addSystemEventTrigger("before", "shutdown", IService(service).stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))
