@@ -291,6 +291,67 @@ class _TestClient:
         pass
 
 
+class _MessageLoop:
+    """
+    What both MAF conversations share: parse every whole buffered message,
+    handle it, and stop at a result or at a sub-method step that must wait
+    (then resume when it fires).
+    """
+
+    _buffer: MessageBuffer
+    _parse: Any
+    _malformed = "malformed MAF message"
+
+    def _finished(self) -> bool:
+        raise NotImplementedError
+
+    def _handle(self, message: MAFMessage, sent: list[bytes]) -> AuthResult | Deferred[AuthStep] | None:
+        raise NotImplementedError
+
+    def _resume(self, step: AuthStep, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
+        raise NotImplementedError
+
+    def _failed(self, reason: str, sent: list[bytes]) -> AuthStep:
+        raise NotImplementedError
+
+    def _run(self, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
+        while not self._finished():
+            try:
+                message = self._buffer.next(self._parse)
+            except ProtocolError as error:
+                return self._failed(f"{self._malformed}: {error}", sent)
+            if message is None:
+                break
+            try:
+                outcome = self._handle(message, sent)
+            except ProtocolError as error:
+                return self._failed(str(error), sent)
+            if isinstance(outcome, Deferred):
+                return outcome.addCallback(lambda step: self._resume(step, sent))
+            if isinstance(outcome, AuthResult):
+                return AuthStep(b"".join(sent), outcome, self._buffer.take_all())
+        return AuthStep(b"".join(sent))
+
+
+def _combined(outcomes: Sequence[SubMethodOutcome], grade: int) -> AuthResult:
+    """The MAF result from the sub-methods' outcomes (see the module docstring)."""
+    succeeded = [o for o in outcomes if o.succeeded]
+    users = [o.identity.user for o in succeeded if o.identity is not None and o.identity.user]
+    protections = [o.protection for o in succeeded if o.protection is not None]
+    attributes: dict[str, Any] = {
+        "grade": grade,
+        "submethods": tuple(_name(o.method) for o in succeeded),
+        "users": tuple(users),
+    }
+    for outcome in succeeded:
+        if outcome.identity is not None:
+            for key in ("realm", "mechanism", "protection"):
+                if key in outcome.identity.attributes:
+                    attributes[key] = outcome.identity.attributes[key]
+    identity = Identity(AuthMethod.MAF, users[-1] if users else None, attributes)
+    return AuthResult.success(identity, protections[-1] if protections else None)
+
+
 # -- server -------------------------------------------------------------------
 
 
@@ -325,7 +386,7 @@ class MAFServerFactory:
 
 
 @implementer(IServerAuthenticator)
-class _MAFServerConversation:
+class _MAFServerConversation(_MessageLoop):
     method = AuthMethod.MAF
 
     def __init__(self, factory: MAFServerFactory, session: SessionInfo) -> None:
@@ -358,24 +419,8 @@ class _MAFServerConversation:
         self._buffer.feed(data)
         return self._run([])
 
-    def _run(self, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
-        """Handle every whole message buffered; a Deferred when a sub-method must wait."""
-        while self._stage is not _ServerStage.FINISHED:
-            try:
-                message = self._buffer.next(self._parse)
-            except ProtocolError as error:
-                return self._fail(f"malformed MAF message: {error}", sent)
-            if message is None:
-                break
-            try:
-                outcome = self._handle(message, sent)
-            except ProtocolError as error:
-                return self._fail(str(error), sent)
-            if isinstance(outcome, Deferred):
-                return outcome.addCallback(lambda step: self._resume(step, sent))
-            if isinstance(outcome, AuthResult):
-                return AuthStep(b"".join(sent), outcome, self._buffer.take_all())
-        return AuthStep(b"".join(sent))
+    def _finished(self) -> bool:
+        return self._stage is _ServerStage.FINISHED
 
     def _resume(self, step: AuthStep, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
         if self._stage is _ServerStage.FINISHED:
@@ -498,28 +543,14 @@ class _MAFServerConversation:
     def _finalSuccess(self, grade: int, sent: list[bytes]) -> AuthResult:
         self._stage = _ServerStage.FINISHED
         sent.append(MethodMessage(Instruction.SUCCESS, SubMethod.SUCCESS, f"grade={grade}".encode()).serialize())
-        succeeded = [o for o in self._outcomes if o.succeeded]
-        users = [o.identity.user for o in succeeded if o.identity is not None and o.identity.user]
-        protections = [o.protection for o in succeeded if o.protection is not None]
-        attributes: dict[str, Any] = {
-            "grade": grade,
-            "submethods": tuple(_name(o.method) for o in succeeded),
-            "users": tuple(users),
-        }
-        for outcome in succeeded:
-            if outcome.identity is not None:
-                for key in ("realm", "mechanism", "protection"):
-                    if key in outcome.identity.attributes:
-                        attributes[key] = outcome.identity.attributes[key]
-        identity = Identity(AuthMethod.MAF, users[-1] if users else None, attributes)
-        return AuthResult.success(identity, protections[-1] if protections else None)
+        return _combined(self._outcomes, grade)
 
     def _finalFailure(self, reason: str, sent: list[bytes]) -> AuthResult:
         self._stage = _ServerStage.FINISHED
         sent.append(MethodMessage(Instruction.FAILURE, SubMethod.FAILURE, reason.encode()[:1024]).serialize())
         return AuthResult.failure(f"MAF: {reason}")
 
-    def _fail(self, reason: str, sent: list[bytes]) -> AuthStep:
+    def _failed(self, reason: str, sent: list[bytes]) -> AuthStep:
         if self._sub is not None:
             self._sub.abort()
             self._sub = None
@@ -560,8 +591,9 @@ class MAFClientFactory:
 
 
 @implementer(IClientAuthenticator)
-class _MAFClientConversation:
+class _MAFClientConversation(_MessageLoop):
     method = AuthMethod.MAF
+    _malformed = "malformed MAF message from the proxy"
 
     def __init__(self, factory: MAFClientFactory, session: SessionInfo) -> None:
         self._factory = factory
@@ -596,23 +628,8 @@ class _MAFClientConversation:
         self._buffer.feed(data)
         return self._run([])
 
-    def _run(self, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
-        while not self._done:
-            try:
-                message = self._buffer.next(self._parse)
-            except ProtocolError as error:
-                return self._failed(f"malformed MAF message from the proxy: {error}", sent)
-            if message is None:
-                break
-            try:
-                outcome = self._handle(message, sent)
-            except ProtocolError as error:
-                return self._failed(str(error), sent)
-            if isinstance(outcome, Deferred):
-                return outcome.addCallback(lambda step: self._resume(step, sent))
-            if isinstance(outcome, AuthResult):
-                return AuthStep(b"".join(sent), outcome, self._buffer.take_all())
-        return AuthStep(b"".join(sent))
+    def _finished(self) -> bool:
+        return self._done
 
     def _resume(self, step: AuthStep, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
         if self._done:
@@ -684,19 +701,9 @@ class _MAFClientConversation:
 
     def _success(self, data: bytes) -> AuthResult:
         self._done = True
-        grade = 0
         text = data.decode("ascii", "replace")
-        if text.startswith("grade="):
-            try:
-                grade = int(text[6:])
-            except ValueError:
-                pass
-        succeeded = [o for o in self._outcomes if o.succeeded]
-        users = [o.identity.user for o in succeeded if o.identity is not None and o.identity.user]
-        protections = [o.protection for o in succeeded if o.protection is not None]
-        identity = Identity(AuthMethod.MAF, users[-1] if users else None,
-                            {"grade": grade, "submethods": tuple(_name(o.method) for o in succeeded)})
-        return AuthResult.success(identity, protections[-1] if protections else None)
+        grade = int(text[6:]) if text.startswith("grade=") and text[6:].isdigit() else 0
+        return _combined(self._outcomes, grade)
 
     def _failed(self, reason: str, sent: list[bytes]) -> AuthStep:
         self._done = True
