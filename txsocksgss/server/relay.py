@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, ITransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from txsocksgss.server.idle import IdleTimer
 
 __all__ = ["Relay", "UpstreamProtocol"]
 
@@ -50,29 +52,25 @@ class Relay:
         self.upstream = upstream
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
-        self._clock = clock
-        self._idle_timeout = idle_timeout
         self._onEnd = onEnd
         self._client_eof = False
         self._upstream_eof = False
-        self._active = False
         self._ended = False
-        self._idle_call: IDelayedCall | None = None
+        self._idle = IdleTimer(clock, idle_timeout, lambda: self.close("idle timeout"))
 
     def start(self) -> None:
         """Register the flow control both ways and arm the idle timer."""
         self.upstream.registerProducer(self.client, True)  # type: ignore[attr-defined]
         self.client.registerProducer(self.upstream, True)  # type: ignore[attr-defined]
-        if self._idle_timeout:
-            self._idle_call = self._clock.callLater(self._idle_timeout, self._checkIdle)
+        self._idle.start()
 
     def fromClient(self, data: bytes) -> None:
-        self._active = True
+        self._idle.active = True
         self.bytes_from_client += len(data)
         self.upstream.write(data)
 
     def fromUpstream(self, data: bytes) -> None:
-        self._active = True
+        self._idle.active = True
         self.bytes_from_upstream += len(data)
         self.client.write(data)
 
@@ -110,23 +108,10 @@ class Relay:
         if self._ended:
             return False
         self._ended = True
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._idle.stop()
         other.loseConnection()
         self._onEnd(outcome)
         return True
-
-    def _checkIdle(self) -> None:
-        self._idle_call = None
-        if self._ended:
-            return
-        if self._active:
-            self._active = False
-            assert self._idle_timeout is not None
-            self._idle_call = self._clock.callLater(self._idle_timeout, self._checkIdle)
-            return
-        self.close("idle timeout")
 
 
 def _halfClose(transport: ITransport) -> None:

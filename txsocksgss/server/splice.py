@@ -38,6 +38,8 @@ from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsocksgss.server.idle import IdleTimer
+
 __all__ = ["SpliceRelay", "splice_available", "PIPE_SIZE"]
 
 PIPE_SIZE = 1024 * 1024
@@ -107,7 +109,7 @@ class _Direction:
                 self._finish()
             return
         self.in_pipe += count
-        self.relay.active = True
+        self.relay.idle.active = True
         self.writable()
 
     def writable(self) -> None:
@@ -216,11 +218,9 @@ class SpliceRelay:
         self.client = client
         self.upstream = upstream
         self.reactor = reactor
-        self.active = False
         self.ended = False
-        self._idle_timeout = idle_timeout
         self._onEnd = onEnd
-        self._idle_call: Any = None
+        self.idle = IdleTimer(reactor, idle_timeout, lambda: self._end("idle timeout"))
         self._up = _Direction(self, "client->upstream")
         self._down = _Direction(self, "upstream->client")
         self._client_socket = _SpliceSocket(self, client)
@@ -245,8 +245,7 @@ class SpliceRelay:
             transport.stopWriting()
         self._client_socket.startReadingFor(self._up)
         self._upstream_socket.startReadingFor(self._down)
-        if self._idle_timeout:
-            self._idle_call = self.reactor.callLater(self._idle_timeout, self._checkIdle)
+        self.idle.start()
 
     # The session passes these on; in splice mode the transports do not read,
     # so only connectionLost (from close) can arrive.
@@ -276,9 +275,7 @@ class SpliceRelay:
         if self.ended:
             return
         self.ended = True
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self.idle.stop()
         self._client_socket.release()
         self._upstream_socket.release()
         for direction in (self._up, self._down):
@@ -290,13 +287,3 @@ class SpliceRelay:
                 transport.abortConnection()
             else:
                 transport.loseConnection()
-
-    def _checkIdle(self) -> None:
-        self._idle_call = None
-        if self.ended:
-            return
-        if self.active:
-            self.active = False
-            self._idle_call = self.reactor.callLater(self._idle_timeout, self._checkIdle)
-            return
-        self._end("idle timeout")

@@ -29,6 +29,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from txsocksgss.errors import ProtocolError
+from txsocksgss.server.idle import IdleTimer
 from txsocksgss.server.outbound import resolve
 from txsocksgss.wire.socks5 import Address, ReplyCode
 from txsocksgss.wire.udp import UDPDatagram, parse_udp_datagram
@@ -97,8 +98,8 @@ class UDPAssociateCommand:
         self._names: dict[str, list[str]] = {}
         self._lookups = 0
         self._stopped = False
-        self._active = False
-        self._idle_timer: Any = None
+        self._idle = IdleTimer(session.context.reactor, session.context.idle_timeout,
+                               lambda: self.session.closeWith("idle timeout"))
 
     def start(self) -> None:
         context = self.session.context
@@ -118,28 +119,14 @@ class UDPAssociateCommand:
         from txsocksgss.server.protocol import SessionState
 
         self.session.state = SessionState.RELAYING
-        if context.idle_timeout:
-            self._idle_timer = context.reactor.callLater(context.idle_timeout, self._checkIdle)
-
-    def _checkIdle(self) -> None:
-        self._idle_timer = None
-        if self._stopped:
-            return
-        if self._active:
-            self._active = False
-            timeout = self.session.context.idle_timeout
-            self._idle_timer = self.session.context.reactor.callLater(timeout, self._checkIdle)
-            return
-        self.session.closeWith("idle timeout")
+        self._idle.start()
 
     def stop(self) -> None:
         """End the association: close every socket."""
         if self._stopped:
             return
         self._stopped = True
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
-        self._idle_timer = None
+        self._idle.stop()
         sides = [self._client_side, *self._remote_sides.values()]
         self._client_side = None
         self._remote_sides.clear()
@@ -155,7 +142,7 @@ class UDPAssociateCommand:
             self._drop("from {source}: not the associated client", source=f"{host}:{port}")
             return
         self._client_port = port
-        self._active = True
+        self._idle.active = True
         if self.protection is not None:
             try:
                 data = self.protection.unprotectDatagram(data)
@@ -227,7 +214,7 @@ class UDPAssociateCommand:
             return
         if self._client_port is None or self._client_side is None:
             return
-        self._active = True
+        self._idle.active = True
         packet = UDPDatagram(0, Address.of(source[0], source[1]), data).serialize()
         if self.protection is not None:
             packet = self.protection.protectDatagram(packet)
