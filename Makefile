@@ -4,12 +4,17 @@
 #   make run  [ARGS='--port 1081 ...']   start the proxy in the foreground
 #   make test [PYTEST_ARGS='-k socks5']   run the whole test suite
 #   make docs                             build the HTML documentation
+#   make bench [PROXY_ARGS='--workers 2'] [BENCH_ARGS='--bulk-mb 100']
+#                                         benchmark against Dante and microsocks
+#   make bench-smoke                      the same, tiny: checks every measurement runs
 
 VENV := .venv
 ARGS ?=
 PYTEST_ARGS ?=
+PROXY_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: run test docs
+.PHONY: run test docs bench bench-smoke
 
 run:
 	@bash scripts/bootstrap.sh run
@@ -22,3 +27,11 @@ test:
 docs:
 	@bash scripts/bootstrap.sh test
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+bench:
+	@bash scripts/bootstrap.sh test
+	$(VENV)/bin/python -m benchmarks --proxy-args='$(PROXY_ARGS)' $(BENCH_ARGS)
+
+bench-smoke:
+	@bash scripts/bootstrap.sh test
+	$(VENV)/bin/python -m benchmarks --smoke --proxy-args='$(PROXY_ARGS)' $(BENCH_ARGS)

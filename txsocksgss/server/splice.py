@@ -7,7 +7,9 @@ nothing is buffered on either side, the two TCP connections are taken away
 from their Twisted transports (which stop reading and writing) and given to
 one `_SpliceSocket` each, registered with the reactor for the same file
 descriptor.  Each direction has a pipe (created on its first byte, so an
-idle tunnel costs no pipe) and moves bytes in two steps:
+idle tunnel costs no pipe; it grows from the default 64 KiB to ``PIPE_SIZE``
+once a read fills it, so short connections pay no resize) and moves bytes
+in two steps:
 
 - the source is readable: splice(source -> pipe), then at once
   splice(pipe -> destination) as far as the destination takes;
@@ -28,7 +30,6 @@ ordinary `txsocksgss.server.relay.Relay` is the fallback.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import socket
@@ -46,7 +47,7 @@ PIPE_SIZE = 1024 * 1024
 _CHUNK = PIPE_SIZE
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-_WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
+_DEFAULT_PIPE = 64 * 1024
 
 
 def splice_available(reactor: Any, *transports: Any) -> bool:
@@ -81,16 +82,21 @@ class _Direction:
         self.moved = 0
         self.eof = False
         self.done = False
+        self.grown = False
 
     def _ensurePipe(self) -> tuple[int, int]:
         if self.pipe is None:
-            read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass  # the default size (64 KiB) still works, more slowly
-            self.pipe = (read_end, write_end)
+            self.pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         return self.pipe
+
+    def _grow(self) -> None:
+        """A full default pipe (64 KiB) means bulk traffic: give it ``PIPE_SIZE``."""
+        self.grown = True
+        assert self.pipe is not None
+        try:
+            fcntl.fcntl(self.pipe[1], _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the default size still works, more slowly
 
     def readable(self) -> None:
         """The source has bytes (or EOF): move them into the pipe, then on."""
@@ -110,6 +116,8 @@ class _Direction:
             return
         self.in_pipe += count
         self.relay.idle.active = True
+        if count >= _DEFAULT_PIPE and not self.grown:
+            self._grow()
         self.writable()
 
     def writable(self) -> None:

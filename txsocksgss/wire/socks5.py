@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from enum import IntEnum
 
 from txsocksgss.errors import (
@@ -110,20 +111,35 @@ class Address:
             if not 1 <= len(encoded) <= 255 or b"\x00" in encoded:
                 raise InvalidField(f"domain name of {len(encoded)} bytes (1 to 255, no NUL)")
         elif self.type == AddressType.IPV4:
-            ipaddress.IPv4Address(self.host)
+            _ipv4(self.host)
         elif self.type == AddressType.IPV6:
-            ipaddress.IPv6Address(self.host)
+            _ipv6(self.host)
 
     @classmethod
     def of(cls, host: str, port: int) -> "Address":
         """Build the address for ``host``: an IP literal if it parses as one, else a domain."""
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return cls(AddressType.DOMAIN, host, port)
-        if ip.version == 4:
-            return cls(AddressType.IPV4, str(ip), port)
-        return cls(AddressType.IPV6, str(ip), port)
+        kind, text = _classify(host)
+        return cls(kind, text, port)
+
+
+@lru_cache(maxsize=4096)
+def _ipv4(text: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(text)
+
+
+@lru_cache(maxsize=4096)
+def _ipv6(text: str) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(text)
+
+
+@lru_cache(maxsize=4096)
+def _classify(host: str) -> "tuple[AddressType, str]":
+    """(type, canonical text) of a host string; cached, since every session parses a few."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return AddressType.DOMAIN, host
+    return (AddressType.IPV4 if ip.version == 4 else AddressType.IPV6), str(ip)
 
 
 def parse_address(reader: Reader) -> Address:
@@ -156,9 +172,9 @@ def parse_address(reader: Reader) -> Address:
 def serialize_address(address: Address) -> bytes:
     """Write ATYP ADDR PORT (RFC 1928 s5)."""
     if address.type == AddressType.IPV4:
-        body = ipaddress.IPv4Address(address.host).packed
+        body = _ipv4(address.host).packed
     elif address.type == AddressType.IPV6:
-        body = ipaddress.IPv6Address(address.host).packed
+        body = _ipv6(address.host).packed
     else:
         name = address.host.encode("idna" if not address.host.isascii() else "ascii")
         body = bytes([len(name)]) + name

@@ -1,0 +1,132 @@
+"""
+The benchmark harness (benchmarks/, ``make bench``): its smoke run
+(``python -m benchmarks --smoke``) completes within a minute and its JSON
+holds every measurement for every proxy.  Dante, microsocks and the
+Kerberos tools are required: a missing peer fails the run, never skips it.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
+
+pytestmark = [pytest.mark.interop, pytest.mark.kerberos]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIME_LIMIT = 55  # seconds; the smoke run takes about 15
+
+PROXIES = ("txsocksgss", "dante", "microsocks")
+# Written out here rather than imported, so the test states what the JSON promises.
+PROXY_FIELDS = (
+    "bulk_upload_mb_s",
+    "bulk_download_mb_s",
+    "connection_rate_per_s",
+    "handshake_p50_ms",
+    "handshake_p99_ms",
+    "idle_tunnel_rss_kib",
+    "idle_tunnel_pss_kib",
+    "bulk_proxy_cpu_s_per_gb",
+    "connection_rate_proxy_cpu_cores",
+)
+DIRECT_FIELDS = ("bulk_upload_mb_s", "bulk_download_mb_s", "connection_rate_per_s")
+POSITIVE_FIELDS = ("bulk_upload_mb_s", "bulk_download_mb_s", "connection_rate_per_s", "handshake_p50_ms",
+                   "handshake_p99_ms")
+GSS_FIELDS = (
+    "handshake_rate_per_s",
+    "integrity_upload_mb_s",
+    "integrity_download_mb_s",
+    "confidentiality_upload_mb_s",
+    "confidentiality_download_mb_s",
+    "client_cpu_cores",
+)
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    problem: str | None  # why the run failed, with its output
+    results: dict[str, Any]
+    table: str
+
+
+@functools.cache
+def smoke_run() -> SmokeRun:
+    """``python -m benchmarks --smoke``, once per test process (each test checks a part of it)."""
+    output = tempfile.mkdtemp(prefix="txsocksgss-bench-smoke-")
+    try:
+        # A session of its own: on a timeout the whole group goes (proxies, KDC), not only the harness.
+        run = subprocess.Popen([sys.executable, "-m", "benchmarks", "--smoke", "--output-dir", output],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+        try:
+            stdout, stderr = run.communicate(timeout=TIME_LIMIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            stdout, stderr = run.communicate()
+            return SmokeRun(f"the smoke run took over {TIME_LIMIT} s; its output:\n{stdout}\n{stderr}", {}, "")
+        text = f"stdout:\n{stdout}\nstderr:\n{stderr}"
+        files = glob.glob(os.path.join(output, "*.json"))
+        if run.returncode != 0 or len(files) != 1:
+            return SmokeRun(f"exit status {run.returncode}, JSON files {files}\n{text}", {}, "")
+        with open(files[0]) as f:
+            return SmokeRun(None, json.load(f), stdout)
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
+
+
+class BenchmarkSmokeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        run = smoke_run()
+        if run.problem is not None:
+            self.fail(run.problem)
+        self.results = run.results
+        self.table = run.table
+
+    def assertNumber(self, value: object, where: str, positive: bool = False) -> None:
+        self.assertIsInstance(value, (int, float), f"{where} is {value!r}\n{self.table}")
+        assert isinstance(value, (int, float))
+        self.assertTrue(math.isfinite(value), f"{where} is {value!r}")
+        if positive:
+            self.assertGreater(value, 0, where)
+
+    def test_every_proxy_has_every_measurement(self) -> None:
+        proxies = self.results["proxies"]
+        self.assertEqual(sorted(proxies), sorted(("direct", *PROXIES)))
+        for proxy in PROXIES:
+            for field in PROXY_FIELDS:
+                self.assertNumber(proxies[proxy].get(field), f"{proxy}.{field}", field in POSITIVE_FIELDS)
+            self.assertEqual(proxies[proxy]["connection_errors"], 0, proxies[proxy])
+        for field in DIRECT_FIELDS:
+            self.assertNumber(proxies["direct"].get(field), f"direct.{field}", positive=True)
+
+    def test_gssapi_is_measured_against_our_server(self) -> None:
+        gss = self.results["gssapi"]
+        for field in GSS_FIELDS:
+            self.assertNumber(gss["txsocksgss"].get(field), f"gssapi.txsocksgss.{field}", field != "client_cpu_cores")
+        if gss["dante-gssapi"] is None:
+            # Optional: the table must say why it is missing.
+            self.assertTrue(gss["dante_gssapi_skipped"])
+            self.assertIn("skipped", self.table)
+        else:
+            for field in GSS_FIELDS:
+                self.assertNumber(gss["dante-gssapi"].get(field), f"gssapi.dante-gssapi.{field}")
+
+    def test_the_generator_is_checked_and_the_table_printed(self) -> None:
+        check = self.results["generator"]
+        self.assertIsInstance(check["faster_than_every_proxy"], bool)
+        self.assertIn("faster than every proxy measured", self.table)
+        for proxy in ("direct", *PROXIES):
+            self.assertIn(proxy, self.table)
+        self.assertIn("x)", self.table)  # the ratios to Dante
