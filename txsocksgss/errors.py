@@ -103,7 +103,7 @@ class SOCKSClientError(SOCKSError):
     def __init__(self, message: str = "", code: int | None = None) -> None:
         if code is not None:
             self.code = code
-        super().__init__(message or self.__class__.__doc__.strip().splitlines()[0])
+        super().__init__(message or (self.__class__.__doc__ or self.__class__.__name__).strip().splitlines()[0])
 
 
 class NoAcceptableMethod(SOCKSClientError):
@@ -208,10 +208,10 @@ def socks5_reply_error(code: int, context: str = "") -> SOCKSReplyError:
     cls = _REPLY_ERRORS.get(code)
     if cls is None:
         return SOCKSReplyError(f"proxy failure reply {code:#04x}{context}", code)
-    return cls(f"{cls.__doc__.rstrip('.')}{context}")
+    return cls(f"{(cls.__doc__ or cls.__name__).rstrip('.')}{context}")
 
 
 def socks4_reply_error(code: int, context: str = "") -> SOCKSReplyError:
     """The exception for a SOCKS 4 reply code other than 90 (unknown codes are 91's)."""
     cls = _SOCKS4_REPLY_ERRORS.get(code, SOCKS4Rejected)
-    return cls(f"{cls.__doc__.rstrip('.')}{context}", code)
+    return cls(f"{(cls.__doc__ or cls.__name__).rstrip('.')}{context}", code)

@@ -54,6 +54,12 @@ class Options(usage.Options):
          "Seconds from accept to the reply before the connection is closed (default 30).", _seconds],
         ["idle-timeout", None, None,
          "Seconds without traffic before a tunnel is closed; 0 for never (default 3600).", _seconds],
+        ["shutdown-grace", None, None,
+         "Seconds open tunnels may go on after SIGTERM before they are closed; 0 closes them at once "
+         "(default 10).", _seconds],
+        ["metrics", None, None,
+         "Twisted server endpoint for a Prometheus metrics HTTP endpoint, e.g. tcp:9180:interface=127.0.0.1 "
+         "(default: none)."],
         ["external", None, None,
          "IP address on which BIND and UDP ASSOCIATE listen (default: the address the client connected to)."],
         ["gssapi-keytab", None, None,
@@ -71,6 +77,20 @@ class Options(usage.Options):
         ["gssapi-protection", None, None,
          "GSS-API: levels to agree to, most preferred first, from confidentiality, integrity, clear "
          "(default confidentiality,integrity; clear means no protection after authentication)."],
+        ["max-sessions", None, None,
+         "Client connections open at once; more are refused at accept (default 10000; 0 unlimited).", int],
+        ["max-sessions-per-client", None, None,
+         "Client connections open at once from one IP address (default 256; 0 unlimited).", int],
+        ["max-negotiating", None, None,
+         "Client connections not yet past their first reply (default 1000; 0 unlimited).", int],
+        ["auth-fail-limit", None, None,
+         "Authentication failures from one IP address within --auth-fail-window after which its "
+         "connections are refused for --auth-fail-window seconds (default 5; 0 never).", int],
+        ["auth-fail-window", None, None,
+         "Seconds: the window of --auth-fail-limit and the cool-down after it (default 60).", _seconds],
+        ["destination-guard", None, None,
+         "on, off or auto: refuse loopback, link-local, cloud metadata, unspecified and the proxy's own "
+         "addresses as destinations, after DNS (default auto: on when any listener is not loopback)."],
     ]
     compData = usage.Completions(
         optActions={
@@ -140,6 +160,8 @@ def config_from_options(options: Any) -> Config:
         rules_file=options["rules"],
         negotiation_timeout=options["negotiation-timeout"],
         idle_timeout=idle,
+        shutdown_grace=options["shutdown-grace"],
+        metrics=options["metrics"],
         allow_open=True if options["allow-open"] else None,
         external=options["external"],
         gssapi_keytab=options["gssapi-keytab"],
@@ -154,10 +176,16 @@ def config_from_options(options: Any) -> Config:
         maf_continue_on_failure=True if options["maf-continue-on-failure"] else None,
         splice=False if options["no-splice"] else None,
         workers=options["workers"],
+        max_sessions=options["max-sessions"],
+        max_sessions_per_client=options["max-sessions-per-client"],
+        max_negotiating=options["max-negotiating"],
+        auth_fail_limit=options["auth-fail-limit"],
+        auth_fail_window=options["auth-fail-window"],
+        destination_guard=options["destination-guard"],
     )
 
 
 def makeService(options: Options) -> SOCKSService:
     """twistd's IServiceMaker entry."""
     worker_argv = None if options.worker else options.argv
-    return makeServiceFromFactory(options.config, options.factory, worker_argv=worker_argv)
+    return makeServiceFromFactory(options.config, options.factory, worker_argv=worker_argv, handle_signals=True)

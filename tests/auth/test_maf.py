@@ -155,15 +155,36 @@ class ConversationTests(SynchronousTestCase):
         self.assertEqual(transcript[-1][1][:1], b"\xff")  # the FAILURE message
 
     def test_failed_submethod_fails_the_chain(self):
-        client = MAFClientFactory([(USERPASS, UserPassClientFactory("alice", "wrong"))]).buildAuthenticator(SESSION)
+        client = MAFClientFactory([(USERPASS, UserPassClientFactory("alice", "wrong"))],
+                                  continue_on_failure=True).buildAuthenticator(SESSION)
         client_result, server_result, _ = converse(client, server([Chain((USERPASS,), 1)]))
         self.assertFalse(server_result.succeeded)
         self.assertIn("userpass failed", server_result.reason)
         self.assertIn("userpass failed", client_result.reason)
 
+    def test_client_gives_up_after_its_own_submethod_fails(self):
+        client = MAFClientFactory([(USERPASS, UserPassClientFactory("alice", "wrong"))]).buildAuthenticator(SESSION)
+        client_result, _server_result, transcript = converse(client, server([Chain((USERPASS,), 1)]))
+        self.assertFalse(client_result.succeeded)
+        self.assertIn("failed here", client_result.reason)
+        self.assertNotIn(("c", WHAT_NEXT), transcript)  # no WHAT NEXT? after its own failure
+
+    def test_user_and_realm_come_from_one_submethod(self):
+        from txsocksgss.auth.conversation import AuthResult, Identity
+        from txsocksgss.auth.maf import SubMethodOutcome, _combined
+
+        result = _combined([
+            SubMethodOutcome(GSSAPI, True, Identity(1, "bob@REALM", {"realm": "REALM", "mechanism": "krb5"})),
+            SubMethodOutcome(USERPASS, True, Identity(2, "alice")),
+        ], 2)
+        self.assertEqual(result.identity.user, "alice")
+        self.assertNotIn("realm", result.identity.attributes)
+        del AuthResult
+
     def test_continue_on_failure_tries_the_next_chain(self):
         client = MAFClientFactory([(USERPASS, UserPassClientFactory("alice", "wrong")),
-                                   (TEST, TestSubMethodClientFactory())]).buildAuthenticator(SESSION)
+                                   (TEST, TestSubMethodClientFactory())],
+                                  continue_on_failure=True).buildAuthenticator(SESSION)
         policy = ChainPolicy([Chain((USERPASS,), 2), Chain((TEST,), 1)], continue_on_failure=True)
         _client_result, server_result, _ = converse(client, server(None, policy=policy))
         self.assertTrue(server_result.succeeded)

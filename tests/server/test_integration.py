@@ -288,3 +288,27 @@ def _count(client, data):
 
 def _buffered(transport) -> int:
     return len(transport.dataBuffer) + transport._tempDataLen
+
+
+class UDPNameFailureTests(IntegrationTestCase):
+    @inlineCallbacks
+    def test_unresolvable_name_is_dropped_and_the_association_goes_on(self):
+        echo_port = self.listenUDP(EchoUDP())
+        udp_client = _UDPClient()
+        client_udp_port = self.listenUDP(udp_client)
+        socks_port, factory = self.startSOCKS()
+        from tests.server.test_protocol import FakeResolver
+
+        factory.context.resolver = FakeResolver({})  # every name fails, at once
+        client = yield self.connectScripted(
+            socks_port, Request(Command.UDP_ASSOCIATE, Address.of("127.0.0.1", client_udp_port))
+        )
+        reply = yield client.reply(0)
+        relay = (reply.bound.host, reply.bound.port)
+        [session] = factory.context.sessions
+        udp_client.transport.write(UDPDatagram(0, Address.of("no-such-name.invalid", 9), b"lost").serialize(), relay)
+        answer = udp_client.next()
+        udp_client.transport.write(UDPDatagram(0, Address.of("127.0.0.1", echo_port), b"next").serialize(), relay)
+        data = yield answer
+        self.assertEqual(parse_udp_datagram(data).data, b"echo:next")
+        self.assertEqual(session._command_handler.dropped, 1)

@@ -210,7 +210,7 @@ class GSSAPIServerFactory:
         self.credentials = self._acquire()
 
     def _acquire(self) -> Any:
-        store = {"keytab": self.settings.keytab} if self.settings.keytab else None
+        store: Any = {"keytab": self.settings.keytab} if self.settings.keytab else None
         # The keytab is checked through Kerberos alone, which says clearly
         # what is wrong; inquiring SPNEGO credentials instead reaches every
         # installed mechanism, and gss-ntlmssp 1.2 crashes there when the
@@ -281,7 +281,7 @@ class _GSSAPIServerConversation:
             return self._contextToken(frame, sent)
         return self._levelRequest(frame, sent)
 
-    def _contextToken(self, frame: GSSAPIFrame, sent: list[bytes]) -> None:
+    def _contextToken(self, frame: GSSAPIFrame, sent: list[bytes]) -> AuthResult | None:
         if frame.type != MessageType.AUTHENTICATION:
             raise _Refused(f"expected a context token (MTYP 01), got MTYP {int(frame.type):#04x}")
         if self._mechanism is None:

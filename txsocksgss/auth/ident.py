@@ -117,7 +117,7 @@ class IdentChecker:
         """Judge a SOCKS 4 client at ``client`` that reached us at ``server`` and calls itself ``userid``."""
         if self.mode is IdentMode.OFF:
             return succeed(IdentOutcome(user=userid or None))
-        d = self._lookup(client, server)
+        d: Deferred[Any] = self._lookup(client, server)
         d.addCallbacks(lambda answer: self._judge(userid, answer), lambda failure: self._unreachable(userid, failure))
         return d
 

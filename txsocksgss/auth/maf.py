@@ -343,11 +343,19 @@ def _combined(outcomes: Sequence[SubMethodOutcome], grade: int) -> AuthResult:
         "submethods": tuple(_name(o.method) for o in succeeded),
         "users": tuple(users),
     }
+    # The user and the facts that qualify it (realm, mechanism) come from one
+    # sub-method, the last that named a user: a password user never borrows
+    # a Kerberos realm.
+    named = [o for o in succeeded if o.identity is not None and o.identity.user]
+    if named:
+        source = named[-1].identity
+        assert source is not None
+        for key in ("realm", "mechanism"):
+            if key in source.attributes:
+                attributes[key] = source.attributes[key]
     for outcome in succeeded:
-        if outcome.identity is not None:
-            for key in ("realm", "mechanism", "protection"):
-                if key in outcome.identity.attributes:
-                    attributes[key] = outcome.identity.attributes[key]
+        if outcome.identity is not None and "protection" in outcome.identity.attributes:
+            attributes["protection"] = outcome.identity.attributes["protection"]
     identity = Identity(AuthMethod.MAF, users[-1] if users else None, attributes)
     return AuthResult.success(identity, protections[-1] if protections else None)
 
@@ -572,12 +580,17 @@ class MAFClientFactory:
         in the client's order of preference.
     :param block_size: ids per SUB-METHODS message (at most 254, leaving
         room for MORE_METHODS_AVAILABLE).
+    :param continue_on_failure: after one of its sub-methods fails, go on
+        with what the server says next.  Off by default: the client then
+        ends the handshake at once, because a sub-method that failed here
+        but succeeded on the server (a GSS-API level this client refuses)
+        would leave the two sides disagreeing about protection.
     """
 
     method = AuthMethod.MAF
 
     def __init__(self, submethods: Sequence[tuple[int, IClientAuthenticatorFactory]], block_size: int = 254,
-                 max_data: int = 65536) -> None:
+                 max_data: int = 65536, continue_on_failure: bool = False) -> None:
         if not submethods:
             raise ConfigError("MAF needs at least one sub-method")
         if not 1 <= block_size <= 254:
@@ -585,6 +598,7 @@ class MAFClientFactory:
         self.submethods = tuple(submethods)
         self.block_size = block_size
         self.max_data = max_data
+        self.continue_on_failure = continue_on_failure
 
     def buildAuthenticator(self, session: SessionInfo) -> IClientAuthenticator:
         return _MAFClientConversation(self, session)
@@ -634,12 +648,15 @@ class _MAFClientConversation(_MessageLoop):
     def _resume(self, step: AuthStep, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
         if self._done:
             return AuthStep(b"".join(sent))
-        self._subStep(step, sent)
-        data, self._do_data = self._do_data, b""
-        if data and self._sub is not None:
-            outcome = self._feed(data, sent)
-            if isinstance(outcome, Deferred):
-                return outcome.addCallback(lambda next_step: self._resume(next_step, sent))
+        try:
+            self._subStep(step, sent)
+            data, self._do_data = self._do_data, b""
+            if data and self._sub is not None:
+                outcome = self._feed(data, sent)
+                if isinstance(outcome, Deferred):
+                    return outcome.addCallback(lambda next_step: self._resume(next_step, sent))
+        except ProtocolError as error:
+            return self._failed(str(error), sent)
         return self._run(sent)
 
     def _handle(self, message: MAFMessage, sent: list[bytes]) -> AuthResult | Deferred[AuthStep] | None:
@@ -697,6 +714,8 @@ class _MAFClientConversation(_MessageLoop):
                 self._current, step.result.succeeded, step.result.identity, step.result.protection,
                 step.result.reason))
             self._sub = None
+            if not step.result.succeeded and not self._factory.continue_on_failure:
+                raise ProtocolError(f"sub-method {_name(self._current)} failed here: {step.result.reason}")
             sent.append(WhatNext().serialize())
 
     def _success(self, data: bytes) -> AuthResult:

@@ -117,9 +117,9 @@ class _UserPassServerConversation:
                 reason = f"password check for {username!r} failed"
             return AuthStep(_FAILURE, AuthResult.failure(reason))
 
-        login.addCallbacks(succeeded, failed)
-        self._pending = login
-        return login
+        step: Deferred[AuthStep] = login.addCallbacks(succeeded, failed)  # type: ignore[arg-type]
+        self._pending = step
+        return step
 
     def abort(self) -> None:
         if self._pending is not None and not self._pending.called:

@@ -166,7 +166,7 @@ class SOCKS5ClientEndpoint:
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         """IStreamClientEndpoint.connect: fires with the application protocol."""
-        return self.establish(factory).addCallback(lambda connection: connection.protocol)
+        return self.establish(factory).addCallback(_protocolOf)
 
 
 @implementer(IStreamClientEndpoint)
@@ -212,7 +212,12 @@ class SOCKS4ClientEndpoint:
         return run_handshake(self.proxy, handshake, lambda h: h.established)
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        return self.establish(factory).addCallback(lambda connection: connection.protocol)
+        return self.establish(factory).addCallback(_protocolOf)
+
+
+def _protocolOf(connection: SOCKSConnection) -> IProtocol:
+    assert connection.protocol is not None
+    return connection.protocol
 
 
 def _local_user() -> str:

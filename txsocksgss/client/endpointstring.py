@@ -295,7 +295,8 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
 
     def _gssapi(self, keys: Mapping[str, str], proxy_host: str | None) -> IClientAuthenticatorFactory | None:
         given = {k: v for k, v in keys.items() if k in _GSSAPI_KEYS}
-        wanted = given or "gssapi" in [n.strip().lower() for n in keys.get("methods", "").split(",")]
+        wanted = (given or "gssapi" in [n.strip().lower() for n in keys.get("methods", "").split(",")]
+                  or "gssapi" in [n.strip() for n in keys.get("maf_submethods", "").split("+")])
         if not wanted:
             return None
         from txsocksgss.auth.gssapi import GSSAPIClientFactory, parse_levels

@@ -76,6 +76,14 @@ class BindCommand:
         if self._accepted is not None:
             return None
         host = getattr(addr, "host", "")
+        guard = self.session.context.guard
+        reason = guard.check("connect", host) if guard is not None else None
+        if reason is not None:
+            # A BIND for "any host" must not become a way in from a guarded one.
+            _log.info("BIND for {client}: refused a connection from {host} by destination guard ({why})",
+                      client=self.session.record.client if self.session.record else "-",
+                      host=host, why=reason.value)
+            return None
         if self._expected is not None and host not in self._expected:
             _log.info(
                 "BIND for {client}: refused a connection from {host}, expected {expected}",
@@ -93,7 +101,7 @@ class BindCommand:
 
     def _connected(self, protocol: UpstreamProtocol) -> None:
         assert protocol.transport is not None
-        peer = protocol.transport.getPeer()
+        peer: Any = protocol.transport.getPeer()
         self.session.startRelay(protocol, ReplyCode.SUCCEEDED, Address.of(peer.host, peer.port))  # type: ignore[attr-defined]
 
     def _timedOut(self) -> None:

@@ -33,6 +33,8 @@ _TOML_KEYS = {
     "rules": "rules_file",
     "negotiation_timeout": "negotiation_timeout",
     "idle_timeout": "idle_timeout",
+    "shutdown_grace": "shutdown_grace",
+    "metrics": "metrics",
     "allow_open": "allow_open",
     "external": "external",
     "gssapi_keytab": "gssapi_keytab",
@@ -47,6 +49,12 @@ _TOML_KEYS = {
     "maf_continue_on_failure": "maf_continue_on_failure",
     "splice": "splice",
     "workers": "workers",
+    "max_sessions": "max_sessions",
+    "max_sessions_per_client": "max_sessions_per_client",
+    "max_negotiating": "max_negotiating",
+    "auth_fail_limit": "auth_fail_limit",
+    "auth_fail_window": "auth_fail_window",
+    "destination_guard": "destination_guard",
 }
 _RULE_KEYS = ("default", "rule")
 
@@ -66,6 +74,10 @@ class Config:
     :ivar negotiation_timeout: seconds from accept to the (first) reply.
     :ivar idle_timeout: seconds without a byte either way before a tunnel is
         closed; ``None`` for never.
+    :ivar shutdown_grace: seconds open tunnels may go on when the server
+        stops (SIGTERM) before they are closed.
+    :ivar metrics: a Twisted server endpoint string for the Prometheus
+        metrics HTTP endpoint; ``None`` (the default) for none.
     :ivar allow_open: consent to an unauthenticated listener on a
         non-loopback address.
     :ivar external: the address BIND and UDP ASSOCIATE listen on; ``None``
@@ -90,6 +102,19 @@ class Config:
         the platform allows; ``False`` forces the ordinary relay.
     :ivar workers: processes serving the listeners (SO_REUSEPORT); 1 is this
         process alone.
+    :ivar max_sessions: client connections open at once (0: unlimited);
+        more are refused at accept.  Limits are per worker process.
+    :ivar max_sessions_per_client: client connections open at once from one
+        IP address (0: unlimited).
+    :ivar max_negotiating: client connections not yet past their first
+        reply (0: unlimited).
+    :ivar auth_fail_limit: authentication failures from one IP address
+        within ``auth_fail_window`` seconds after which its connections are
+        refused for ``auth_fail_window`` seconds (0: never).
+    :ivar auth_fail_window: seconds; the failure window and the cool-down.
+    :ivar destination_guard: ``on``, ``off`` or ``auto`` (on when any
+        listener is not loopback): refuse loopback, link-local, cloud
+        metadata, unspecified and the proxy's own addresses as destinations.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -99,6 +124,8 @@ class Config:
     rules_file: str | None = None
     negotiation_timeout: float = 30.0
     idle_timeout: float | None = 3600.0
+    shutdown_grace: float = 10.0
+    metrics: str | None = None
     allow_open: bool = False
     external: str | None = None
     gssapi_keytab: str | None = None
@@ -113,6 +140,12 @@ class Config:
     maf_continue_on_failure: bool = False
     splice: bool = True
     workers: int = 1
+    max_sessions: int = 10000
+    max_sessions_per_client: int = 256
+    max_negotiating: int = 1000
+    auth_fail_limit: int = 5
+    auth_fail_window: float = 60.0
+    destination_guard: str = "auto"
 
     @property
     def effective_methods(self) -> tuple[str, ...]:
@@ -189,6 +222,10 @@ class Config:
             raise ConfigError("negotiation timeout must be a positive number of seconds")
         if self.idle_timeout is not None and self.idle_timeout < 0:
             raise ConfigError("idle timeout must be 0 (never) or a positive number of seconds")
+        if self.shutdown_grace < 0:
+            raise ConfigError("shutdown grace must be 0 (close at once) or a positive number of seconds")
+        if self.metrics is not None:
+            _check_metrics_endpoint(self.metrics, self.workers)
         if self.gssapi_mech not in GSSAPI_MECH_CHOICES:
             raise ConfigError(f"--gssapi-mech must be one of {', '.join(GSSAPI_MECH_CHOICES)}, not {self.gssapi_mech!r}")
         if not self.gssapi_protection or any(p not in GSSAPI_LEVEL_NAMES for p in self.gssapi_protection):
@@ -217,6 +254,13 @@ class Config:
             raise ConfigError(f"ident port {self.ident_port} is not a port number")
         if self.ident_timeout <= 0:
             raise ConfigError("ident timeout must be a positive number of seconds")
+        for name in ("max_sessions", "max_sessions_per_client", "max_negotiating", "auth_fail_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 (unlimited) or a positive number")
+        if self.auth_fail_window <= 0:
+            raise ConfigError("--auth-fail-window must be a positive number of seconds")
+        if self.destination_guard not in ("on", "off", "auto"):
+            raise ConfigError(f"--destination-guard must be on, off or auto, not {self.destination_guard!r}")
         if self.external is not None:
             try:
                 ipaddress.ip_address(self.external)
@@ -229,6 +273,20 @@ class Config:
             from txsocksgss.auth.none import NoAuthServerFactory
 
             check_open_proxy(self, [NoAuthServerFactory()] if "none" in self.effective_methods else [])
+
+
+def _check_metrics_endpoint(description: str, workers: int) -> None:
+    """Refuse a metrics endpoint string Twisted cannot parse, and metrics with several workers."""
+    from twisted.internet.endpoints import serverFromString
+
+    if workers > 1:
+        raise ConfigError("--metrics cannot be used with --workers yet: each process would count "
+                          "only the connections it serves")
+    try:
+        serverFromString(None, description)  # parses only; nothing listens
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise ConfigError(f"--metrics {description!r} is not a server endpoint string such as "
+                          f"tcp:9180:interface=127.0.0.1 ({error})") from None
 
 
 def parse_maf_chain(spec: str) -> tuple[tuple[str, ...], int]:
@@ -271,9 +329,29 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             out[key] = value
+        elif key == "shutdown_grace":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"shutdown grace must be a number of seconds, not {value!r}")
+            out[key] = float(value)
+        elif key == "metrics":
+            if value is not None and not isinstance(value, str):
+                raise ConfigError("metrics must be a server endpoint string such as tcp:9180:interface=127.0.0.1")
+            out[key] = value or None
         elif key in ("passwd", "rules_file", "external", "gssapi_keytab", "gssapi_service", "gssapi_mech", "ident"):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{key} must be a string")
+            out[key] = value
+        elif key in ("max_sessions", "max_sessions_per_client", "max_negotiating", "auth_fail_limit"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{key} must be a whole number (0 for unlimited), not {value!r}")
+            out[key] = value
+        elif key == "auth_fail_window":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{key} must be a number of seconds, not {value!r}")
+            out[key] = float(value)
+        elif key == "destination_guard":
+            if not isinstance(value, str):
+                raise ConfigError(f"{key} must be on, off or auto")
             out[key] = value
         elif key == "rules":
             out[key] = value

@@ -39,10 +39,23 @@ class _Collector:
     def __init__(self, host: str) -> None:
         self.host = host
         self.addresses: list[str] = []
-        self.deferred: Deferred[list[str]] = Deferred()
+        self.resolution: Any = None
+        self.deferred: Deferred[list[str]] = Deferred(self._cancel)
+
+    def _cancel(self, deferred: Deferred[list[str]]) -> None:
+        # The session ended (negotiation timeout, client gone) while the
+        # lookup ran.  Stop the lookup if the resolver can; Twisted's own
+        # resolvers cannot (their cancel raises NotImplementedError), and
+        # then a late answer is ignored (resolutionComplete below).
+        cancel = getattr(self.resolution, "cancel", None)
+        if cancel is not None:
+            try:
+                cancel()
+            except NotImplementedError:
+                pass
 
     def resolutionBegan(self, resolution: Any) -> None:
-        pass
+        self.resolution = resolution
 
     def addressResolved(self, address: IPv4Address | IPv6Address) -> None:
         if address.host not in self.addresses:
@@ -62,12 +75,17 @@ def resolve(resolver: IHostnameResolver, host: str, port: int) -> Deferred[list[
     Resolve ``host`` to a list of IP address strings, in the resolver's order.
 
     IP literals are returned as they are, without a lookup.  Fails with
-    `DestinationUnresolved` when the name has no address.
+    `DestinationUnresolved` when the name has no address (DNS failure:
+    REP 04).  The Deferred has no time limit of its own (the negotiation
+    timeout bounds it); cancelling it fails it with CancelledError and
+    cancels the lookup when the resolver supports that.
     """
     if is_ip_literal(host):
         return succeed([str(ipaddress.ip_address(host))])
     collector = _Collector(host)
-    resolver.resolveHostName(collector, host, portNumber=port)
+    resolution = resolver.resolveHostName(collector, host, portNumber=port)
+    if collector.resolution is None:
+        collector.resolution = resolution
     return collector.deferred
 
 

@@ -15,6 +15,17 @@ success reply the connection becomes a `Relay`.
 Every way out goes through `_close`, which sends the failure reply if one is
 owed, cancels pending work, and writes the session's single log line.  A
 negotiation timer runs from accept to the (first) reply.
+
+Defences (see `txsocksgss.server.limits` and `txsocksgss.server.guard`): at
+accept, `SessionLimits.admit` may refuse the connection (too many sessions
+overall, from this address, or negotiating; or the address is cooling down
+after authentication failures); a refused connection is aborted at once
+with a (throttled) log line and never becomes a session.  Each failed
+authentication is reported to the limits.  The destination guard is asked
+before the access policy about every resolved destination address.  A
+session closed during negotiation that the client does not let go of (it
+never reads, so the close cannot complete) is aborted after another
+negotiation timeout; a closed tunnel, after another idle timeout.
 """
 
 from __future__ import annotations
@@ -44,7 +55,9 @@ from txsocksgss.interfaces import (
     IStreamProtection,
 )
 from txsocksgss.protection import ProtectedTransport
-from txsocksgss.server.outbound import DestinationUnresolved, reply_code_for, resolve
+from txsocksgss.server.guard import DestinationGuard
+from txsocksgss.server.limits import Refusal, RefusalLog, SessionLimits, SessionTicket
+from txsocksgss.server.outbound import DestinationUnresolved, is_ip_literal, reply_code_for, resolve
 from txsocksgss.server.relay import Relay, UpstreamProtocol
 from txsocksgss.server.rules import AccessRequest, Decision
 from txsocksgss.server.session import SessionRecord
@@ -105,7 +118,10 @@ class ServerContext:
     ``authenticators`` are in the server's order of preference; ``socks4``
     lets SOCKS 4/4a requests in (they bypass every SOCKS 5 method);
     ``external`` is the address BIND and UDP ASSOCIATE listen on (``None``:
-    the address the client reached the server on).
+    the address the client reached the server on).  ``limits`` admits
+    connections (unlimited by default); ``guard``, when set, refuses
+    guarded destinations before ``policy`` is asked; ``refusal_log``
+    throttles the log lines of refused connections.
     """
 
     reactor: Any
@@ -118,6 +134,9 @@ class ServerContext:
     ident: IIdentChecker | None = None
     socks4: bool = False
     splice: bool = True
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    guard: DestinationGuard | None = None
+    refusal_log: RefusalLog = field(default_factory=RefusalLog)
     sessions: set[Any] = field(default_factory=set)
     _drain_waiters: list[Deferred[None]] = field(default_factory=list)
 
@@ -176,16 +195,25 @@ class SOCKS5ServerProtocol(Protocol):
         self._relay: Relay | SpliceRelay | None = None
         self.record: SessionRecord | None = None
         self.protection: IStreamProtection | None = None
+        self._ticket: SessionTicket | None = None
+        self._linger: IDelayedCall | None = None
+        self._connection_lost = False
+        # What a command is waiting for, for the negotiation timeout's log line.
+        self._phase = "serving the request"
 
     # -- Twisted protocol ---------------------------------------------------
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
-        self.record = SessionRecord(
-            client=_format_destination(host, peer.port) if host is not None else "unix",
-            started=self.context.reactor.seconds(),
-        )
+        now = self.context.reactor.seconds()
+        client = _format_destination(host, peer.port) if host is not None else "unix"
+        admission = self.context.limits.admit(host, now)
+        if isinstance(admission, Refusal):
+            self._refuse(client, admission, now)
+            return
+        self._ticket = admission
+        self.record = SessionRecord(client=client, started=now)
         self.context.sessionStarted(self)
         self._negotiation_timer = self.context.reactor.callLater(
             self.context.negotiation_timeout, self._negotiationTimedOut
@@ -228,12 +256,30 @@ class SOCKS5ServerProtocol(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._connection_lost = True
+        if self._ticket is not None:
+            self._ticket.release()
         self.context.sessionEnded(self)
         if self._relay is not None:
             self._relay.clientLost(reason)
         else:
             relaying = self.state is SessionState.RELAYING
             self._close("client closed" if relaying else "client closed during negotiation")
+        self._cancelLinger()
+
+    def _refuse(self, client: str, refusal: Refusal, now: float) -> None:
+        """Admission refused: no session, no reply; the connection is aborted now."""
+        self.state = SessionState.CLOSED
+        left_out = self.context.refusal_log.shouldLog(refusal.reason, now)
+        if left_out is not None:
+            _log.info(
+                "refused connection from {client} by --{limit}: {detail}{more}",
+                client=client,
+                limit=refusal.reason.value,
+                detail=refusal.detail,
+                more=f" ({left_out} more refused for this reason since the last line)" if left_out else "",
+            )
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- negotiation ----------------------------------------------------------
 
@@ -396,6 +442,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._auth_backlog = b""
         self._auth = None
         if not result.succeeded:
+            self._authenticationFailed()
             self._close(f"authentication failed: {result.reason}")
             return
         assert self.record is not None and result.identity is not None
@@ -418,6 +465,19 @@ class SOCKS5ServerProtocol(Protocol):
         if unused:
             self._buffer.feed(unused)
         self._advance()
+
+    def _authenticationFailed(self) -> None:
+        """Count the failure against the client's address; log when it starts a cool-down."""
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        limits = self.context.limits
+        if limits.authenticationFailed(getattr(peer, "host", None), self.context.reactor.seconds()):
+            _log.info(
+                "client {client}: {count} authentication failures within {window:g}s; "
+                "refusing its connections for {window:g}s (--auth-fail-limit)",
+                client=getattr(peer, "host", "-"),
+                count=limits.settings.auth_fail_limit,
+                window=limits.settings.auth_fail_window,
+            )
 
     def _protectionFailed(self, error: ProtocolError) -> None:
         """A protected token failed: nothing of it is delivered; the connection ends now."""
@@ -477,8 +537,17 @@ class SOCKS5ServerProtocol(Protocol):
         )
 
     def decide(self, command: str, host: str, port: int, address: str | None) -> Decision:
-        """Ask the policy about one destination; log denials with the rule that decided."""
-        decision = self.context.policy.decide(self.accessRequest(command, host, port, address))
+        """
+        Ask the destination guard (if on), then the policy, about one
+        destination; log denials with the guard or the rule that decided.
+        """
+        guarded = None
+        if self.context.guard is not None and address is not None:
+            guarded = self.context.guard.check(command, address)
+        if guarded is not None:
+            decision = Decision(False, f"destination guard ({guarded.value})")
+        else:
+            decision = self.context.policy.decide(self.accessRequest(command, host, port, address))
         if not decision.allowed:
             _log.info(
                 "denied {command} to {destination} for {client} (user {user}) by {rule}",
@@ -513,6 +582,8 @@ class SOCKS5ServerProtocol(Protocol):
         return d
 
     def _connect(self, destination: Address) -> None:
+        if not is_ip_literal(destination.host):
+            self._phase = f"resolving {destination.host}"
         d = self.resolveAllowed("connect", destination)
         d.addCallback(self._connectFirst, destination.port)
         d.addCallbacks(self._connected, self._commandFailed)
@@ -530,6 +601,7 @@ class SOCKS5ServerProtocol(Protocol):
                 result.errback(failure)
                 return
             address = remaining.pop(0)
+            self._phase = f"connecting to {_format_destination(address, port)}"
             endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
             endpoint = endpoint_type(self.context.reactor, address, port)
             attempt = endpoint.connect(_UPSTREAM_FACTORY)
@@ -641,18 +713,36 @@ class SOCKS5ServerProtocol(Protocol):
         self.record.bytes_to_client = self._relay.bytes_from_upstream
         self.state = SessionState.CLOSED
         self.record.finish(self.context.reactor.seconds(), outcome)
+        if not self._connection_lost and self.context.idle_timeout and self._linger is None:
+            # The client may still be reading the tunnel's last bytes; one
+            # that reads nothing for an idle period is not let hold its place.
+            self._linger = self.context.reactor.callLater(self.context.idle_timeout, self._lingerTimedOut)
 
     def _negotiationTimedOut(self) -> None:
         self._negotiation_timer = None
         if self.state is SessionState.COMMAND:
-            self._close("negotiation timeout while serving the request", ReplyCode.TTL_EXPIRED)
+            self._close(f"negotiation timeout while {self._phase}", ReplyCode.TTL_EXPIRED)
         else:
             self._close(f"negotiation timeout in {self.state.value}")
 
     def _cancelNegotiationTimer(self) -> None:
+        """Negotiation is over (first reply, or the end): stop the timer, leave the negotiating count."""
         if self._negotiation_timer is not None and self._negotiation_timer.active():
             self._negotiation_timer.cancel()
         self._negotiation_timer = None
+        if self._ticket is not None:
+            self._ticket.negotiated()
+
+    def _lingerTimedOut(self) -> None:
+        self._linger = None
+        _log.info("client {client} did not let go of its closed connection; aborting it",
+                  client=self.record.client if self.record else "-")
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _cancelLinger(self) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
 
     def _close(self, outcome: str, send_reply: ReplyCode | SOCKS4ReplyCode | None = None) -> None:
         if self.state is SessionState.CLOSED:
@@ -678,6 +768,10 @@ class SOCKS5ServerProtocol(Protocol):
                 self.record.bytes_to_client = getattr(handler, "bytes_to_client", 0)
             self.record.finish(self.context.reactor.seconds(), outcome)
         self.transport.loseConnection()  # type: ignore[union-attr]
+        if not self._connection_lost and self._linger is None:
+            # loseConnection waits for the reply to be read; a client that
+            # never reads would hold its place forever.
+            self._linger = self.context.reactor.callLater(self.context.negotiation_timeout, self._lingerTimedOut)
 
 
 def _sendNow(transport: Any, data: bytes) -> bool:

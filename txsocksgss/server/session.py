@@ -1,16 +1,32 @@
 """
 The record of one SOCKS session, written to the log once when it ends.
+
+Observers (`SessionObserver`: metrics, for one) may follow a record: the
+protocol, or whoever owns the record, adds them when the session starts;
+the record tells them when the first reply goes out and when the session
+ends.  An observer that raises is logged and never breaks the session.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from twisted.logger import Logger
 
-__all__ = ["SessionRecord"]
+__all__ = ["SessionObserver", "SessionRecord"]
 
 _log = Logger(namespace="txsocksgss.session")
+
+
+class SessionObserver(Protocol):
+    """What follows `SessionRecord` events; each method is called once per record at most."""
+
+    def sessionReplied(self, record: "SessionRecord") -> None:
+        """The first reply (success or failure) went out; ``record.replied`` is its time."""
+
+    def sessionFinished(self, record: "SessionRecord") -> None:
+        """The session ended and its line was logged; ``record.outcome`` says how."""
 
 
 @dataclass
@@ -18,7 +34,12 @@ class SessionRecord:
     """
     What the session log line says: who, how, where to, how much, how long,
     and how it ended.  Mutable: the protocol fills it in as the session
-    advances and calls `finish` once.
+    advances, calls `markReplied` with the first reply and `finish` once.
+
+    :ivar started: the reactor time of accept.
+    :ivar replied: the reactor time of the first reply, ``None`` before it
+        (and for sessions that end without one).
+    :ivar observers: told of the reply and of the end (see `SessionObserver`).
     """
 
     client: str
@@ -33,9 +54,22 @@ class SessionRecord:
     bytes_to_client: int = 0
     outcome: str = ""
     finished: bool = False
+    replied: float | None = None
+    observers: list[SessionObserver] = field(default_factory=list, repr=False, compare=False)
+
+    def markReplied(self, now: float) -> None:
+        """Note the time of the first reply (later calls are ignored) and tell the observers."""
+        if self.replied is not None or self.finished:
+            return
+        self.replied = now
+        for observer in tuple(self.observers):
+            try:
+                observer.sessionReplied(self)
+            except Exception:
+                _log.failure("session observer {observer!r} failed on the reply", observer=observer)
 
     def finish(self, now: float, outcome: str) -> bool:
-        """Log the session line once; return False if it was already logged."""
+        """Log the session line once and tell the observers; return False if it was already logged."""
         if self.finished:
             return False
         self.finished = True
@@ -56,4 +90,9 @@ class SessionRecord:
             duration=max(0.0, now - self.started),
             outcome=outcome,
         )
+        for observer in tuple(self.observers):
+            try:
+                observer.sessionFinished(self)
+            except Exception:
+                _log.failure("session observer {observer!r} failed at the end", observer=observer)
         return True

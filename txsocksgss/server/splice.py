@@ -106,7 +106,7 @@ class _Direction:
         except BlockingIOError:
             return
         except OSError as error:
-            self.relay.failed(f"{self.name}: read: {os.strerror(error.errno)}")
+            self.relay.failed(f"{self.name}: read: {os.strerror(error.errno or 0)}")
             return
         if count == 0:
             self.eof = True
@@ -129,7 +129,7 @@ class _Direction:
             except BlockingIOError:
                 break
             except OSError as error:
-                self.relay.failed(f"{self.name}: write: {os.strerror(error.errno)}")
+                self.relay.failed(f"{self.name}: write: {os.strerror(error.errno or 0)}")
                 return
             self.in_pipe -= count
             self.moved += count

@@ -47,8 +47,9 @@ _MAX_DATAGRAM = 65535
 # Destinations the client may send to within one association; replies are
 # accepted only from these.
 _MAX_PEERS = 4096
-# Datagrams waiting for a DNS answer, per association.
+# Datagrams waiting for a DNS answer, per association, and their bytes.
 _MAX_PENDING_LOOKUPS = 64
+_MAX_PENDING_BYTES = 256 * 1024
 # Names resolved once per association.
 _MAX_CACHED_NAMES = 256
 
@@ -97,6 +98,7 @@ class UDPAssociateCommand:
         self._peers: set[tuple[str, int]] = set()
         self._names: dict[str, list[str]] = {}
         self._lookups = 0
+        self._pending_bytes = 0
         self._stopped = False
         self._idle = IdleTimer(session.context.reactor, session.context.idle_timeout,
                                lambda: self.session.closeWith("idle timeout"))
@@ -163,22 +165,25 @@ class UDPAssociateCommand:
         if cached is not None:
             self._sendAllowed(cached, destination, datagram.data)
             return
-        if self._lookups >= _MAX_PENDING_LOOKUPS:
+        if self._lookups >= _MAX_PENDING_LOOKUPS or self._pending_bytes + len(datagram.data) > _MAX_PENDING_BYTES:
             self._drop("too many datagrams waiting for name resolution")
             return
         self._lookups += 1
+        self._pending_bytes += len(datagram.data)
         d: Deferred[list[str]] = resolve(self.session.context.resolver, destination.host, destination.port)
 
         def resolved(addresses: list[str]) -> None:
             self._lookups -= 1
+            self._pending_bytes -= len(datagram.data)
             if len(self._names) < _MAX_CACHED_NAMES:
                 self._names[destination.host] = addresses
             self._sendAllowed(addresses, destination, datagram.data)
 
         def failed(failure: Any) -> None:
             self._lookups -= 1
-            self._drop("{host} did not resolve: {why}", host=destination.host,
-                       why=failure.getErrorMessage())
+            self._pending_bytes -= len(datagram.data)
+            self._drop("{host} did not resolve: {error}", host=destination.host,
+                       error=failure.getErrorMessage())
 
         d.addCallbacks(resolved, failed)
 

@@ -7,8 +7,9 @@ master) starts N-1 worker processes running the same options; every process
 opens its own listening socket on each TCP address with SO_REUSEPORT, and
 the kernel spreads new connections over them.  A worker watches a pipe from
 the master on its standard input: when the master goes away (stopped,
-killed), the pipe closes and the worker stops too.  The master stops its
-workers with SIGTERM when it stops, and restarts none (a crashed worker's
+killed), the pipe closes and the worker stops too.  The master passes
+SIGHUP (reload) on to its workers, stops them with SIGTERM when it stops
+(each drains its own sessions), and restarts none (a crashed worker's
 share of new connections simply goes to the others: SO_REUSEPORT only
 spreads over sockets that exist).
 """
@@ -23,6 +24,7 @@ from typing import Any, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
@@ -130,6 +132,15 @@ class WorkerPool(Service):
         self.processes = []
         return DeferredList(waits)
 
+    def signalWorkers(self, signum: int) -> None:
+        """Send ``signum`` to every running worker (SIGHUP: reload the rules and password file)."""
+        for transport, protocol in self.processes:
+            if not protocol.ended.called:
+                try:
+                    transport.signalProcess(signum)
+                except ProcessExitedAlready:
+                    pass
+
 
 class _MasterWatch(Protocol):
     """On a worker's standard input: the master closing the pipe stops the worker."""
@@ -156,7 +167,7 @@ def worker_main(argv: Sequence[str]) -> int:
     options.parseOptions(list(argv))
     service = makeService(options)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    StandardIO(_MasterWatch(reactor), stdout=os.open(os.devnull, os.O_WRONLY))
+    StandardIO(_MasterWatch(reactor), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     IService(service).startService()
     reactor.addSystemEventTrigger("before", "shutdown", IService(service).stopService)
     reactor.run()

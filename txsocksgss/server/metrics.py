@@ -1,0 +1,287 @@
+"""
+Prometheus metrics of one SOCKS server, served over HTTP in the text format.
+
+Theory of operation.  `ServerMetrics` keeps its metrics in a private
+`prometheus_client.CollectorRegistry` (never the process-wide default, so
+two servers in one process, or two tests, do not share counts).  It follows
+the sessions as a `txsocksgss.server.session.SessionObserver`: the first
+reply of a session feeds the handshake-latency histogram, and the end of a
+session counts it by method and outcome class, adds its relayed bytes and,
+when authentication failed, counts the failure by reason class.  What
+changes all the time is read only when Prometheus scrapes: the open
+sessions come from ``ServerContext.sessions`` and the bytes of tunnels still
+open from their relays, so a long tunnel shows its traffic before it ends.
+
+Outcome and reason *classes* are a handful of fixed label values derived
+from the session's outcome text (`outcome_class`, `auth_failure_reason`), so
+the number of time series stays bounded whatever the log says.
+
+`MetricsResource` renders the registry in the reactor thread (the
+prometheus_client Twisted helper would read the sessions from a thread
+pool), and `metricsService` listens on a Twisted endpoint string with it.
+
+Metric names (all prefixed ``socksgss_``):
+
+- ``sessions_open{method}``, gauge: client connections open now.
+- ``sessions_total{method,outcome}``, counter: sessions ended.
+- ``relayed_bytes_total{direction}``, counter: bytes carried, ``up`` (from
+  clients) and ``down`` (to clients).
+- ``auth_failures_total{method,reason}``, counter.
+- ``handshake_seconds{method}``, histogram: accept to the first reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from txsocksgss.server.session import SessionRecord
+from txsocksgss.wire.socks5 import ReplyCode
+
+__all__ = [
+    "OUTCOME_CLASSES",
+    "AUTH_FAILURE_REASONS",
+    "ServerMetrics",
+    "MetricsResource",
+    "metricsService",
+    "outcome_class",
+    "auth_failure_reason",
+]
+
+#: The values of the ``outcome`` label of ``socksgss_sessions_total``.
+OUTCOME_CLASSES = (
+    "closed",            # a tunnel or association ended normally (either side closed)
+    "idle_timeout",
+    "shutdown",          # closed by the server stopping
+    "reset",             # the zero-copy relay saw a connection reset
+    "client_aborted",    # the client left before the reply
+    "auth_failed",
+    "denied",            # the access rules refused the request
+    "timeout",           # negotiation timeout, BIND wait timeout
+    "destination_error", # the destination could not be reached (the SOCKS reply code says why)
+    "protocol_error",    # malformed or unexpected input, protection failure
+    "error",             # anything else
+)
+
+#: The values of the ``reason`` label of ``socksgss_auth_failures_total``.
+AUTH_FAILURE_REASONS = (
+    "no_acceptable_method",
+    "bad_credentials",
+    "malformed",
+    "mechanism",         # a GSS-API or MAF failure other than the above
+    "ident",             # SOCKS 4 ident check refused the request
+    "timeout",
+    "error",             # the authenticator or the checker crashed
+    "other",
+)
+
+_HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_UNSELECTED = "unselected"  # the method label before a method is chosen
+_NORMAL_ENDS = frozenset({"closed", "client closed", "upstream closed", "client closed the control connection"})
+_DESTINATION_FAILURES = tuple(f"{code.name.lower().replace('_', ' ')}:" for code in ReplyCode if code)
+_PROTOCOL_ERRORS = ("bad request", "protocol error", "SOCKS 4 request", "client sent too much data",
+                    "protection failure")
+
+
+def auth_failure_reason(outcome: str) -> str | None:
+    """
+    The reason class (one of `AUTH_FAILURE_REASONS`) of a session outcome
+    that is an authentication failure, else ``None``.
+    """
+    if outcome.startswith("no acceptable method"):
+        return "no_acceptable_method"
+    if outcome.startswith("ident:"):
+        return "ident"
+    if outcome == "authentication error":
+        return "error"
+    if outcome == "negotiation timeout in authenticating":
+        return "timeout"
+    if outcome == "client sent too much data during authentication":
+        return "malformed"
+    prefix = "authentication failed: "
+    if not outcome.startswith(prefix):
+        return None
+    reason = outcome[len(prefix):]
+    if "bad user name or password" in reason:
+        return "bad_credentials"
+    if "malformed" in reason or "not UTF-8" in reason:
+        return "malformed"
+    if reason.startswith("password check for"):
+        return "error"
+    if "GSS-API" in reason or reason.startswith("MAF") or "sub-method" in reason:
+        return "mechanism"
+    return "other"
+
+
+def outcome_class(outcome: str) -> str:
+    """The class (one of `OUTCOME_CLASSES`) of a session outcome text."""
+    if outcome in _NORMAL_ENDS:
+        return "closed"
+    if outcome == "client closed during negotiation":
+        return "client_aborted"
+    if outcome == "idle timeout":
+        return "idle_timeout"
+    if outcome == "server shutdown":
+        return "shutdown"
+    if outcome.startswith("reset ("):
+        return "reset"
+    if auth_failure_reason(outcome) is not None:
+        return "auth_failed"
+    if outcome.startswith("denied by "):
+        return "denied"
+    if outcome.startswith("negotiation timeout") or outcome == "BIND: nobody connected in time":
+        return "timeout"
+    if outcome.startswith(_PROTOCOL_ERRORS):
+        return "protocol_error"
+    if outcome.startswith(_DESTINATION_FAILURES):
+        return "destination_error"
+    return "error"
+
+
+def _method_label(method: str) -> str:
+    return _UNSELECTED if method == "-" else method
+
+
+class ServerMetrics:
+    """
+    The metrics of the server whose shared state is ``context`` (a
+    `txsocksgss.server.protocol.ServerContext`).  Add it to every session's
+    `SessionRecord.observers`; scrape ``registry``.
+
+    :ivar registry: the private `CollectorRegistry` holding every metric.
+    """
+
+    def __init__(self, context: Any, registry: CollectorRegistry | None = None) -> None:
+        self.context = context
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._bytes_up = 0
+        self._bytes_down = 0
+        self.sessions = Counter(
+            "socksgss_sessions", "SOCKS sessions ended, by method and outcome class.",
+            ["method", "outcome"], registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "socksgss_auth_failures", "Failed authentications, by method and reason class.",
+            ["method", "reason"], registry=self.registry,
+        )
+        self.handshake = Histogram(
+            "socksgss_handshake_seconds", "Seconds from accepting a connection to its first SOCKS reply.",
+            ["method"], buckets=_HANDSHAKE_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(_LiveCollector(self))
+
+    # -- SessionObserver -------------------------------------------------------
+
+    def sessionReplied(self, record: SessionRecord) -> None:
+        """Observe the handshake latency (accept to first reply)."""
+        if record.replied is not None:
+            self.handshake.labels(_method_label(record.method)).observe(max(0.0, record.replied - record.started))
+
+    def sessionFinished(self, record: SessionRecord) -> None:
+        """Count the ended session, its bytes and its authentication failure, if any."""
+        method = _method_label(record.method)
+        self.sessions.labels(method, outcome_class(record.outcome)).inc()
+        self._bytes_up += record.bytes_from_client
+        self._bytes_down += record.bytes_to_client
+        reason = auth_failure_reason(record.outcome)
+        if reason is not None:
+            self.auth_failures.labels(method, reason).inc()
+
+    # -- read at scrape time ---------------------------------------------------
+
+    def openSessions(self) -> dict[str, int]:
+        """Method label -> client connections open now."""
+        counts: dict[str, int] = {}
+        for session in tuple(self.context.sessions):
+            record = getattr(session, "record", None)
+            method = _method_label(record.method) if record is not None else _UNSELECTED
+            counts[method] = counts.get(method, 0) + 1
+        return counts
+
+    def relayedBytes(self) -> tuple[int, int]:
+        """(up, down): bytes of ended sessions plus what open tunnels have carried so far."""
+        up, down = self._bytes_up, self._bytes_down
+        for session in tuple(self.context.sessions):
+            record = getattr(session, "record", None)
+            relay = getattr(session, "relay", None)
+            # A finished record's bytes are already in the totals.
+            if relay is None or record is None or record.finished:
+                continue
+            up += relay.bytes_from_client
+            down += relay.bytes_from_upstream
+        return up, down
+
+
+class _LiveCollector:
+    """The metrics computed at scrape time: open sessions and relayed bytes."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return [
+            GaugeMetricFamily("socksgss_sessions_open", "Client connections open now, by method.",
+                              labels=["method"]),
+            CounterMetricFamily("socksgss_relayed_bytes", "Bytes relayed, up (from clients) and down (to clients).",
+                                labels=["direction"]),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("socksgss_sessions_open", "Client connections open now, by method.",
+                                  labels=["method"])
+        for method, count in sorted(self._metrics.openSessions().items()):
+            gauge.add_metric([method], count)
+        yield gauge
+        up, down = self._metrics.relayedBytes()
+        counter = CounterMetricFamily("socksgss_relayed_bytes",
+                                      "Bytes relayed, up (from clients) and down (to clients).",
+                                      labels=["direction"])
+        counter.add_metric(["up"], up)
+        counter.add_metric(["down"], down)
+        yield counter
+
+
+class MetricsResource(Resource):
+    """Any GET renders ``registry`` in the Prometheus text format (or OpenMetrics, if asked for)."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader("accept")
+        encoder, content_type = choose_encoder(accept or "")
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        body: bytes = encoder(self.registry)
+        return body
+
+
+class _QuietSite(Site):
+    """A Site that writes no access-log line per request (a scrape every few seconds is noise)."""
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
+def metricsService(reactor: Any, description: str, registry: CollectorRegistry) -> StreamServerEndpointService:
+    """
+    A service listening on the server endpoint string ``description``
+    (e.g. ``tcp:9180:interface=127.0.0.1``) with a `MetricsResource` for
+    ``registry``; a listen error raises from ``startService``.
+    """
+    service = StreamServerEndpointService(serverFromString(reactor, description),
+                                          _QuietSite(MetricsResource(registry)))
+    service._raiseSynchronously = True
+    return service
