@@ -74,6 +74,44 @@ class SessionRecord:
             return False
         self.finished = True
         self.outcome = outcome
+        user = self.user if self.user is not None else "-"
+        duration = max(0.0, now - self.started)
+        # The line is built once here: string.Formatter on a dozen fields
+        # costs more than the rest of a short session.  The fields are still
+        # in the event for structured (JSON) observers.
+        line = (
+            f"session client={self.client} socks{self.version} user={user} method={self.method} "
+            f"protection={self.protection} command={self.command} destination={self.destination} "
+            f"up={self.bytes_from_client} down={self.bytes_to_client} duration={duration:.3f}s "
+            f"outcome={outcome}"
+        )
+        _log.info(
+            "{session_line}",
+            session_line=line,
+            client=self.client,
+            version=self.version,
+            user=user,
+            method=self.method,
+            protection=self.protection,
+            command=self.command,
+            destination=self.destination,
+            up=self.bytes_from_client,
+            down=self.bytes_to_client,
+            duration=duration,
+            outcome=outcome,
+        )
+        for observer in tuple(self.observers):
+            try:
+                observer.sessionReplied(self)
+            except Exception:
+                _log.failure("session observer {observer!r} failed on the reply", observer=observer)
+
+    def finish(self, now: float, outcome: str) -> bool:
+        """Log the session line once and tell the observers; return False if it was already logged."""
+        if self.finished:
+            return False
+        self.finished = True
+        self.outcome = outcome
         _log.info(
             "session client={client} socks{version} user={user} method={method} protection={protection} "
             "command={command} destination={destination} up={up} down={down} "
