@@ -230,3 +230,19 @@ class TokenMechanismTests(SynchronousTestCase):
     def test_never_raises(self, data):
         result = token_mechanism(data)
         self.assertTrue(result is None or isinstance(result, str))
+
+
+class OversizedTokenTests(SynchronousTestCase):
+    def test_largest_possible_junk_token_is_refused_with_abort(self):
+        pair = Pair()
+        # LEN is two octets: 65535 is the most a client can claim; junk of that size is refused.
+        step = pair.server.receive(frame(MessageType.AUTHENTICATION, b"\x60" + b"\xff" * 65534))
+        self.assertEqual(step.send, ABORT)
+        self.assertFalse(step.result.succeeded)
+
+    def test_token_cut_short_by_the_connection_waits_without_buffering_more(self):
+        pair = Pair()
+        header = b"\x01\x01\xff\xff"
+        step = pair.server.receive(header + b"x" * 1000)
+        self.assertIsNone(step.result)
+        self.assertEqual(step.send, b"")
