@@ -389,3 +389,25 @@ class MAFClientSettingsTests(IntegrationTestCase):
             "--method", "maf", "--maf-submethod", "userpass", "--maf-submethod", "test",
             "127.0.0.1", str(banner_port)])
         self.assertEqual((code, out), (0, b"hello from the banner"), err)
+
+
+class MAFCoolDownTests(SynchronousTestCase):
+    def test_a_refused_submethod_counts_even_when_the_client_hangs_up(self):
+        from twisted.internet.testing import StringTransport
+
+        from tests.server.test_protocol import ServerHarness
+        from txsocksgss.server.limits import LimitSettings, SessionLimits
+
+        factory = MAFServerFactory(ChainPolicy([Chain((USERPASS,), 1)]), {USERPASS: userpass_server()})
+        harness = ServerHarness(authenticators=[factory])
+        harness.context.limits = SessionLimits(LimitSettings(auth_fail_limit=1, auth_fail_window=60))
+        client = MAFClientFactory([(USERPASS, UserPassClientFactory("alice", "wrong"))]).buildAuthenticator(SESSION)
+        harness.send(b"\x05\x01\x08" + client.begin().send)
+        harness.take()  # selection + DO
+        harness.send(settle(client.receive(DO_USERPASS)).send)
+        harness.protocol.connectionLost(None)
+        self.assertIsNotNone(harness.context.limits.blockedUntil("127.0.0.1", harness.reactor.seconds()))
+        del StringTransport
+
+
+DO_USERPASS = bytes.fromhex("03 00 0000 00000003 00000000")

@@ -154,3 +154,14 @@ class OptionsTests(SynchronousTestCase):
                        "--idle-timeout", "--allow-open", "--external", "--gssapi-keytab", "--gssapi-service",
                        "--gssapi-mech", "--gssapi-protection", "--gssapi-nec"):
             self.assertIn(option, text)
+
+
+class MAFOpenProxyTests(SynchronousTestCase):
+    def test_test_only_chain_is_refused_even_with_spaces(self):
+        for spec in ("test=1", "test =1", " test = 1"):
+            error = self.assertRaises(ConfigError, Config.build, listen=["tcp:1080"], methods=["maf"],
+                                      maf_chains=[spec])
+            self.assertIn("unauthenticated", str(error), spec)
+
+    def test_a_real_chain_is_accepted(self):
+        Config.build(listen=["tcp:1080"], methods=["maf"], maf_chains=["userpass+test=2"], passwd="/etc/x")

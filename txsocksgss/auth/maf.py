@@ -414,6 +414,9 @@ class _MAFServerConversation(_MessageLoop):
         self._sub_outcome: SubMethodOutcome | None = None
         self._process_count = 0
         self._pending: Deferred[Any] | None = None
+        # Sub-methods that failed here: the server counts them against the
+        # client's address even if the client hangs up before the verdict.
+        self.failedAttempts = 0
 
     def begin(self) -> AuthStep:
         return AuthStep()
@@ -536,6 +539,8 @@ class _MAFServerConversation(_MessageLoop):
 
     def _subFinished(self, result: AuthResult) -> None:
         assert self._current is not None
+        if not result.succeeded:
+            self.failedAttempts += 1
         self._sub_outcome = SubMethodOutcome(
             self._current, result.succeeded, result.identity, result.protection, result.reason)
         _log.info("MAF: sub-method {method} {verdict}{why}", method=_name(self._current),

@@ -266,7 +266,7 @@ class Config:
                 ipaddress.ip_address(self.external)
             except ValueError:
                 raise ConfigError(f"--external must be an IP address, not {self.external!r}") from None
-        if ("none" in self.effective_methods or "socks4" in self.effective_methods) and not self.allow_open:
+        if {"none", "socks4", "maf"} & set(self.effective_methods) and not self.allow_open:
             # Checked again on the methods actually served (service.check_open_proxy);
             # here so that a bad configuration fails before anything is built.
             from txsocksgss.server.service import check_open_proxy

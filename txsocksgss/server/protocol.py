@@ -750,6 +750,10 @@ class SOCKS5ServerProtocol(Protocol):
         self.state = SessionState.CLOSED
         self._cancelNegotiationTimer()
         if self._auth is not None:
+            # A conversation cut short may already hold failed attempts (a
+            # MAF sub-method the server refused): they count for the cool-down.
+            if getattr(self._auth, "failedAttempts", 0):
+                self._authenticationFailed()
             self._auth.abort()
             self._auth = None
         pending, self._pending = self._pending, None

@@ -210,10 +210,12 @@ def check_open_proxy(config: Config, methods: Iterable[IServerAuthenticatorFacto
     unless ``config.allow_open``: the open-proxy check, on the methods
     actually served (a program's own authenticators included).
     """
+    from txsocksgss.server.config import parse_maf_chain
+
     socks4_open = "socks4" in config.effective_methods and config.ident != "require"
     # A MAF chain of nothing but the internal test method authenticates nobody.
     maf_open = "maf" in config.effective_methods and any(
-        set(spec.partition("=")[0].split("+")) <= {"test"} for spec in config.maf_chains)
+        set(parse_maf_chain(spec)[0]) <= {"test"} for spec in config.maf_chains)
     unauthenticated = socks4_open or maf_open or any(m.method == AuthMethod.NONE for m in methods)
     if config.allow_open or not unauthenticated:
         return

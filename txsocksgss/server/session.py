@@ -102,34 +102,6 @@ class SessionRecord:
         )
         for observer in tuple(self.observers):
             try:
-                observer.sessionReplied(self)
-            except Exception:
-                _log.failure("session observer {observer!r} failed on the reply", observer=observer)
-
-    def finish(self, now: float, outcome: str) -> bool:
-        """Log the session line once and tell the observers; return False if it was already logged."""
-        if self.finished:
-            return False
-        self.finished = True
-        self.outcome = outcome
-        _log.info(
-            "session client={client} socks{version} user={user} method={method} protection={protection} "
-            "command={command} destination={destination} up={up} down={down} "
-            "duration={duration:.3f}s outcome={outcome}",
-            client=self.client,
-            version=self.version,
-            user=self.user if self.user is not None else "-",
-            method=self.method,
-            protection=self.protection,
-            command=self.command,
-            destination=self.destination,
-            up=self.bytes_from_client,
-            down=self.bytes_to_client,
-            duration=max(0.0, now - self.started),
-            outcome=outcome,
-        )
-        for observer in tuple(self.observers):
-            try:
                 observer.sessionFinished(self)
             except Exception:
                 _log.failure("session observer {observer!r} failed at the end", observer=observer)
