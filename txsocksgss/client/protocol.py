@@ -209,7 +209,7 @@ class _HandshakeProtocol(Protocol):
                 self.fail(SOCKSError("the application factory refused to build a protocol"))
                 return
             self.application = application
-            application.makeConnection(self.transport)
+            application.makeConnection(self.transport)  # type: ignore[arg-type]
         self.established.callback(SOCKSConnection(self.application, bound, self.identity, self))
         if leftover and self.application is not None:
             self.application.dataReceived(leftover)

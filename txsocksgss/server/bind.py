@@ -66,7 +66,7 @@ class BindCommand:
             self.session.closeWith("BIND on a non-IP listener needs --external ADDRESS", ReplyCode.GENERAL_FAILURE)
             return
         self._port = context.reactor.listenTCP(0, _BindFactory(self), backlog=1, interface=interface)
-        bound = self._port.getHost()  # type: ignore[union-attr]
+        bound: Any = self._port.getHost()
         self.session.sendReply(ReplyCode.SUCCEEDED, Address.of(bound.host, bound.port))
         if context.idle_timeout:
             self._wait_timer = context.reactor.callLater(context.idle_timeout, self._timedOut)

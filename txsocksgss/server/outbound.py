@@ -10,7 +10,6 @@ import ipaddress
 from typing import Any
 
 from twisted.internet import error as ierror
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
 from twisted.python.failure import Failure
@@ -57,7 +56,7 @@ class _Collector:
     def resolutionBegan(self, resolution: Any) -> None:
         self.resolution = resolution
 
-    def addressResolved(self, address: IPv4Address | IPv6Address) -> None:
+    def addressResolved(self, address: Any) -> None:  # an IPv4Address or IPv6Address
         if address.host not in self.addresses:
             self.addresses.append(address.host)
 

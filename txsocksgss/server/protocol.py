@@ -207,7 +207,7 @@ class SOCKS5ServerProtocol(Protocol):
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
         now = self.context.reactor.seconds()
-        client = _format_destination(host, peer.port) if host is not None else "unix"
+        client = _format_destination(host, getattr(peer, "port", 0)) if host is not None else "unix"
         admission = self.context.limits.admit(host, now)
         if isinstance(admission, Refusal):
             self._refuse(client, admission, now)
@@ -342,8 +342,8 @@ class SOCKS5ServerProtocol(Protocol):
         self.record.destination = _format_destination(destination.host, destination.port)
         userid = request.userid.decode("utf-8", "replace")
         checker = self.context.ident
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host_address = self.transport.getHost()  # type: ignore[union-attr]
+        peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+        host_address: Any = self.transport.getHost()  # type: ignore[union-attr]
         if checker is None:
             d: Deferred[Any] = succeed(IdentOutcome(user=userid or None))
         else:
