@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +28,21 @@ _realm: "TestRealm | None" = None
 
 
 def _free_portbase() -> int:
-    """Ten consecutive free ports (k5test uses portbase .. portbase+9)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base > 65000:
-            continue
+    """
+    Ten consecutive free ports (k5test uses portbase .. portbase+9), chosen
+    below the kernel's ephemeral range so that busy tests (thousands of
+    outgoing connections) cannot take them between this check and the KDC.
+    """
+    low, high = 20000, 32000
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+        high = min(high, ephemeral_low - 10)
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(low, high)
         sockets = []
         try:
             for offset in range(10):
