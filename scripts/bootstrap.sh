@@ -39,7 +39,7 @@ run_packages=(python3-venv python3-dev gcc libkrb5-dev)
 test_packages=(
     python3-venv python3-dev gcc make curl iproute2
     krb5-kdc krb5-admin-server krb5-user libkrb5-dev
-    dante-server dante-client microsocks gss-ntlmssp
+    dante-server dante-client microsocks gss-ntlmssp haproxy
 )
 if [ "$mode" = test ]; then
     packages=("${test_packages[@]}")

@@ -572,7 +572,9 @@ def udp_session(resolver=None, guard=None):
                                              peerAddress=IPv4Address("TCP", "192.0.2.10", 40000))
     protocol.makeConnection(transport)
     protocol.dataReceived(b"\x05\x01\x00" + Request(Command.UDP_ASSOCIATE, Address.of("0.0.0.0", 0)).serialize())
-    return context, protocol, reactor_.udpPorts[0], ("192.0.2.10", 7000)
+    reactor_.advance(0)  # the association opens its sockets on the next reactor turn
+    [client_side] = [port for port in reactor_.udpPorts if port.interface == "192.0.2.1"]
+    return context, protocol, client_side, ("192.0.2.10", 7000)
 
 
 class UDPQueueTests(SynchronousTestCase):

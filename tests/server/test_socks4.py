@@ -126,6 +126,7 @@ class SOCKS4UnitTests(SynchronousTestCase):
     def test_bind(self):
         harness = socks4_harness()
         harness.send(request(command=SOCKS4Command.BIND))
+        harness.reactor.advance(0)  # BIND listens on the next reactor turn
         [(port, _factory, _backlog, interface)] = harness.reactor.tcpServers
         self.assertEqual(interface, "127.0.0.1")
         first = harness.take()

@@ -49,6 +49,7 @@ class BindCommand:
         self._port: IListeningPort | None = None
         self._accepted: UpstreamProtocol | None = None
         self._wait_timer: IDelayedCall | None = None
+        self._open_call: IDelayedCall | None = None
 
     def start(self) -> None:
         d = self.session.resolveAllowed("bind", self.destination)
@@ -65,6 +66,14 @@ class BindCommand:
         if interface is None:
             self.session.closeWith("BIND on a non-IP listener needs --external ADDRESS", ReplyCode.GENERAL_FAILURE)
             return
+        # Not while the reactor dispatches this poll's events: a descriptor
+        # closed earlier in it may be reused by the new port, which would then
+        # get the stale event (Twisted's epoll reactor, twisted#4759).
+        self._open_call = context.reactor.callLater(0, self._openPort, interface)
+
+    def _openPort(self, interface: str) -> None:
+        self._open_call = None
+        context = self.session.context
         self._port = context.reactor.listenTCP(0, _BindFactory(self), backlog=1, interface=interface)
         bound: Any = self._port.getHost()
         self.session.sendReply(ReplyCode.SUCCEEDED, Address.of(bound.host, bound.port))
@@ -110,6 +119,9 @@ class BindCommand:
 
     def stop(self) -> None:
         """The session ended before the relay started: release everything."""
+        if self._open_call is not None and self._open_call.active():
+            self._open_call.cancel()
+        self._open_call = None
         self._stopListening()
         self._cancelTimer()
         if self._accepted is not None and self._accepted.relay is None and self._accepted.transport:

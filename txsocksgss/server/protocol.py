@@ -200,10 +200,30 @@ class SOCKS5ServerProtocol(Protocol):
         self._connection_lost = False
         # What a command is waiting for, for the negotiation timeout's log line.
         self._phase = "serving the request"
+        self._awaiting_proxy_header = False
 
     # -- Twisted protocol ---------------------------------------------------
 
     def connectionMade(self) -> None:
+        if getattr(self.transport, "_proxyInfo", False) is None:
+            # Behind a PROXY-protocol listener (haproxy:) whose header has not
+            # arrived: the peer is still the balancer.  Admission, the record
+            # and the logs wait for the client's real address, but the
+            # negotiation timer runs already.
+            self._awaiting_proxy_header = True
+            self._negotiation_timer = self.context.reactor.callLater(
+                self.context.negotiation_timeout, self._proxyHeaderTimedOut
+            )
+            return
+        self._startSession()
+
+    def _proxyHeaderTimedOut(self) -> None:
+        self._negotiation_timer = None
+        self.state = SessionState.CLOSED
+        _log.info("no PROXY protocol header within the negotiation timeout; connection closed")
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _startSession(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
         now = self.context.reactor.seconds()
@@ -220,6 +240,12 @@ class SOCKS5ServerProtocol(Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_proxy_header:
+            self._awaiting_proxy_header = False
+            self._cancelNegotiationTimer()
+            self._startSession()
+            if self.state is SessionState.CLOSED:  # refused at admission
+                return
         if self.protection is not None:
             try:
                 data = self.protection.unprotect(data)
@@ -257,6 +283,10 @@ class SOCKS5ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._connection_lost = True
+        if self._awaiting_proxy_header:
+            self._cancelNegotiationTimer()
+            self.state = SessionState.CLOSED
+            return
         if self._ticket is not None:
             self._ticket.release()
         self.context.sessionEnded(self)

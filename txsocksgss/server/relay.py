@@ -76,6 +76,8 @@ class Relay:
 
     def clientEOF(self) -> None:
         """The client shut down its sending side: pass the EOF upstream."""
+        if self._ended:  # the other side already ended it, in the same poll
+            return
         self._client_eof = True
         self.upstream.unregisterProducer()  # type: ignore[attr-defined]
         _halfClose(self.upstream)
@@ -83,6 +85,8 @@ class Relay:
 
     def upstreamEOF(self) -> None:
         """The destination shut down its sending side: pass the EOF to the client."""
+        if self._ended:  # the other side already ended it, in the same poll
+            return
         self._upstream_eof = True
         self.client.unregisterProducer()  # type: ignore[attr-defined]
         _halfClose(self.client)

@@ -99,17 +99,30 @@ class UDPAssociateCommand:
         self._names: dict[str, list[str]] = {}
         self._lookups = 0
         self._pending_bytes = 0
+        self._open_call: Any = None
         self._stopped = False
         self._idle = IdleTimer(session.context.reactor, session.context.idle_timeout,
                                lambda: self.session.closeWith("idle timeout"))
 
     def start(self) -> None:
-        context = self.session.context
         interface = self.session.listeningInterface()
         if interface is None or not self._client_host:
             self.session.closeWith("UDP ASSOCIATE needs a TCP listener and, on others, --external ADDRESS",
                                    ReplyCode.GENERAL_FAILURE)
             return
+        # Sockets are opened on the next reactor turn, not while this poll's
+        # events are dispatched (see BindCommand: twisted#4759).
+        self._open_call = self.session.context.reactor.callLater(0, self._open, interface)
+
+    def _open(self, interface: str) -> None:
+        self._open_call = None
+        context = self.session.context
+        for family, wildcard in ((4, "0.0.0.0"), (6, "::")):
+            try:
+                self._remote_sides[family] = context.reactor.listenUDP(
+                    0, _RemoteSide(self), interface=wildcard, maxPacketSize=_MAX_DATAGRAM)
+            except Exception:  # no IPv6 here: datagrams to IPv6 destinations are dropped
+                pass
         try:
             self._client_side = context.reactor.listenUDP(0, _ClientSide(self), interface=interface, maxPacketSize=_MAX_DATAGRAM)
         except Exception as error:  # CannotListenError and friends
@@ -128,6 +141,9 @@ class UDPAssociateCommand:
         if self._stopped:
             return
         self._stopped = True
+        if self._open_call is not None and self._open_call.active():
+            self._open_call.cancel()
+        self._open_call = None
         self._idle.stop()
         sides = [self._client_side, *self._remote_sides.values()]
         self._client_side = None
@@ -201,10 +217,8 @@ class UDPAssociateCommand:
         family = ipaddress.ip_address(address).version
         side = self._remote_sides.get(family)
         if side is None:
-            side = self.session.context.reactor.listenUDP(
-                0, _RemoteSide(self), interface="::" if family == 6 else "0.0.0.0", maxPacketSize=_MAX_DATAGRAM
-            )
-            self._remote_sides[family] = side
+            self._drop("no IPv{family} socket for {address}", family=family, address=address)
+            return
         if len(self._peers) < _MAX_PEERS:
             self._peers.add((address, port))
         side.write(payload, (address, port))
