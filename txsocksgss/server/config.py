@@ -360,7 +360,7 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _split_description(description: str) -> tuple[str, list[str], dict[str, str]]:
+def split_endpoint_description(description: str) -> tuple[str, list[str], dict[str, str]]:
     """Split a Twisted endpoint string into type, positional and keyword arguments."""
     parts: list[str] = []
     current = ""
@@ -391,7 +391,7 @@ def endpoint_is_loopback(description: str) -> bool:
     """
     if description.lower().startswith("haproxy:"):
         return False  # clients arrive through a load balancer, from anywhere
-    kind, _positional, keywords = _split_description(description)
+    kind, _positional, keywords = split_endpoint_description(description)
     if kind == "unix":
         return True
     if kind not in ("tcp", "tcp6", "ssl"):

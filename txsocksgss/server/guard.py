@@ -49,6 +49,8 @@ from typing import Callable, Container, Iterable, Sequence
 
 from twisted.logger import Logger
 
+from txsocksgss.server.config import split_endpoint_description
+
 __all__ = [
     "CLOUD_METADATA_ADDRESSES",
     "DestinationGuard",
@@ -237,27 +239,6 @@ class DestinationGuard:
         return guard_verdict(address, self.own, unspecified_means_any=command == "bind")
 
 
-def _split_endpoint(description: str) -> tuple[str, dict[str, str]]:
-    """An endpoint string's type and keyword arguments (``\\:`` escapes a colon)."""
-    parts: list[str] = []
-    current = ""
-    escaped = False
-    for char in description:
-        if escaped:
-            current += char
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    keywords = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
-    return parts[0].lower(), keywords
-
-
 def listener_interfaces(descriptions: Iterable[str]) -> tuple[frozenset[str], bool]:
     """
     The IP addresses server endpoint strings listen on, and whether any of
@@ -270,7 +251,7 @@ def listener_interfaces(descriptions: Iterable[str]) -> tuple[frozenset[str], bo
     for description in descriptions:
         while description.lower().startswith("haproxy:"):
             description = description[len("haproxy:"):]
-        kind, keywords = _split_endpoint(description)
+        kind, _positional, keywords = split_endpoint_description(description)
         if kind == "unix":
             continue
         if kind not in ("tcp", "tcp6", "ssl"):

@@ -68,9 +68,9 @@ class ReusePortEndpoint:
 
 def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint:
     """The `ReusePortEndpoint` for a ``tcp:PORT:interface=...`` or ``tcp6:`` description."""
-    from txsocksgss.server.config import _split_description
+    from txsocksgss.server.config import split_endpoint_description
 
-    kind, positional, keywords = _split_description(description)
+    kind, positional, keywords = split_endpoint_description(description)
     if kind not in ("tcp", "tcp6"):
         raise ConfigError(f"--workers needs tcp: or tcp6: listeners, not {description!r}")
     port_text = keywords.get("port", positional[0] if positional else "")
