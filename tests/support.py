@@ -25,6 +25,8 @@ from txsocksgss.wire.socks5 import Address, Command, Greeting, Reply, Request, p
 __all__ = [
     "IntegrationTestCase",
     "ByteServerFactory",
+    "Fetcher",
+    "http_body",
     "BannerServerFactory",
     "EchoUDP",
     "ScriptedClient",
@@ -94,6 +96,32 @@ class ByteServerFactory(Factory):
         else:
             d.callback(None)
         return d
+
+
+class Fetcher(Protocol):
+    """Sends an HTTP/1.0 request and collects the answer until the close; ``done`` fires with it."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(self.data)
+
+
+def http_body(response: bytes) -> bytes:
+    """The body of the byte server's HTTP/1.0 answer (checks its Content-Length)."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK"), head[:80]
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    assert length == len(body), (length, len(body))
+    return body
 
 
 class _BannerProtocol(Protocol):

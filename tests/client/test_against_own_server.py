@@ -14,7 +14,7 @@ from twisted.internet.error import TimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
-from tests.support import EchoUDP, IntegrationTestCase, StreamCollector
+from tests.support import Fetcher, EchoUDP, IntegrationTestCase, StreamCollector
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client.bind import bindThroughProxy
@@ -22,23 +22,6 @@ from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
 from txsocksgss.client.udp import associateUDP
 from txsocksgss.errors import ClientAuthenticationFailed, ConnectionNotAllowed, ConnectionRefused, NoAcceptableMethod
 from txsocksgss.server.rules import rules_from_table
-
-
-class Fetcher(Protocol):
-    """Sends an HTTP/1.0 request and collects the answer until the close."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(b"GET / HTTP/1.0\r\n\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason=None) -> None:
-        self.done.callback(self.data)
 
 
 class Echoer(Protocol):

@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import IntegrationTestCase
+from tests.support import Fetcher, IntegrationTestCase
 from txsocksgss.auth.none import NoAuthClientFactory
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
@@ -331,24 +331,6 @@ class SOCKS4ParsingTests(SynchronousTestCase):
 
 
 # --- end to end ---------------------------------------------------------------
-
-
-class Fetcher(Protocol):
-    """Sends an HTTP/1.0 request and collects the answer until the close."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"GET / HTTP/1.0\r\n\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason=None) -> None:
-        self.done.callback(self.data)
 
 
 class EndToEndTests(IntegrationTestCase):

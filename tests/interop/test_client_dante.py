@@ -17,7 +17,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
 from tests.interop.peers import TEST_PASSWORD, TEST_USER, ensureTestUser, startDante, startDanteProcess
-from tests.support import EchoUDP, IntegrationTestCase, StreamCollector
+from tests.support import Fetcher, http_body, EchoUDP, IntegrationTestCase, StreamCollector
 from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client.bind import bindThroughProxy
 from txsocksgss.client.endpoints import SOCKS4ClientEndpoint, SOCKS5ClientEndpoint
@@ -31,32 +31,6 @@ from txsocksgss.errors import (
 from txsocksgss.wire.socks5 import AuthMethod
 
 pytestmark = pytest.mark.interop
-
-
-class Fetcher(Protocol):
-    """Sends an HTTP/1.0 request and collects the answer until the close."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason=None) -> None:
-        self.done.callback(self.data)
-
-
-def http_body(response: bytes) -> bytes:
-    """The body of the byte server's HTTP/1.0 answer (checks its Content-Length)."""
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 OK"), head[:80]
-    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-    assert length == len(body), (length, len(body))
-    return body
 
 
 class Greeter(Protocol):

@@ -25,7 +25,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from zope.interface import implementer
 
 from tests.interop.peers import startMicrosocks, startMicrosocksProcess
-from tests.support import IntegrationTestCase
+from tests.support import Fetcher, http_body, IntegrationTestCase
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client.bind import bindThroughProxy
@@ -43,32 +43,6 @@ pytestmark = pytest.mark.interop
 
 USER = "alice"
 PASSWORD = "correct horse battery staple"
-
-
-class Fetcher(Protocol):
-    """Sends an HTTP/1.0 request and collects the answer until the close."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason=None) -> None:
-        self.done.callback(self.data)
-
-
-def http_body(response: bytes) -> bytes:
-    """The body of the byte server's HTTP/1.0 answer (checks its Content-Length)."""
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 OK"), head[:80]
-    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-    assert length == len(body), (length, len(body))
-    return body
 
 
 def proxy_endpoint(port: int) -> TCP4ClientEndpoint:

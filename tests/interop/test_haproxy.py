@@ -38,7 +38,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 
 from tests.stress_support import HostileClient, waitUntil
-from tests.support import IntegrationTestCase, require_program
+from tests.support import Fetcher, IntegrationTestCase, require_program
 from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
 from txsocksgss.errors import ConnectionNotAllowed
 from txsocksgss.server.config import Config
@@ -62,21 +62,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class _Fetch(Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(b"GET / HTTP/1.0\r\n\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.done.callback(self.data)
 
 
 class WatchedProcess(ProcessProtocol):
@@ -200,7 +185,7 @@ class HAProxyInteropTests(IntegrationTestCase):
 
     @inlineCallbacks
     def fetch(self, frontend: int, source: str, web_port: int, version: int) -> Any:
-        connection = yield self.endpoint(frontend, source, web_port).establish(Factory.forProtocol(_Fetch))
+        connection = yield self.endpoint(frontend, source, web_port).establish(Factory.forProtocol(Fetcher))
         data = yield connection.protocol.done
         self.assertTrue(data.endswith(_BODY), f"not byte-exact through PROXY v{version}")
 
@@ -218,7 +203,7 @@ class HAProxyInteropTests(IntegrationTestCase):
             for _ in range(2):
                 # haproxy's own address, 127.0.0.1, is what the proxies' sockets see.
                 error = yield self.assertFailure(
-                    self.endpoint(frontend, "127.0.0.1", web_port).establish(Factory.forProtocol(_Fetch)),
+                    self.endpoint(frontend, "127.0.0.1", web_port).establish(Factory.forProtocol(Fetcher)),
                     ConnectionNotAllowed)
                 self.assertEqual(error.code, 0x02, f"PROXY v{version}")
 

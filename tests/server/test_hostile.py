@@ -48,7 +48,7 @@ from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from tests.stress_support import HostileClient, LocalResolver, open_fds, waitUntil
-from tests.support import IntegrationTestCase
+from tests.support import Fetcher, IntegrationTestCase
 from txsocksgss.auth.maf import MAFClientFactory, TestSubMethodClientFactory
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
@@ -491,21 +491,6 @@ class _LoopbackOnlyReactor:
         return getattr(self._real, name)
 
 
-class _Fetch(Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(b"GET / HTTP/1.0\r\n\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.done.callback(self.data)
-
-
 class HostileInputTests(IntegrationTestCase):
     timeout = 240
 
@@ -528,7 +513,7 @@ class HostileInputTests(IntegrationTestCase):
     def fetch(self, socks_port: int, web_port: int, methods: list[Any] | None) -> Any:
         endpoint = SOCKS5ClientEndpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", socks_port), "127.0.0.1",
                                         web_port, methods)
-        connection = yield endpoint.establish(Factory.forProtocol(_Fetch))
+        connection = yield endpoint.establish(Factory.forProtocol(Fetcher))
         port = connection.handshake.transport.getHost().port
         data = yield connection.protocol.done
         header, _, body = data.partition(b"\r\n\r\n")
