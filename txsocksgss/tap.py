@@ -74,6 +74,9 @@ class Options(usage.Options):
          "Processes serving the TCP listeners, sharing their ports with SO_REUSEPORT (default 1); "
          "each listener needs a fixed port.", int],
         ["gssapi-mech", None, None, "GSS-API: mechanism to accept: krb5, spnego or any (default any)."],
+        ["gssapi-wrap", None, None,
+         "GSS-API: who computes the per-message tokens: auto (OpenSSL for Kerberos AES-SHA1 keys, the "
+         "GSS-API library otherwise) or library (default auto)."],
         ["gssapi-protection", None, None,
          "GSS-API: levels to agree to, most preferred first, from confidentiality, integrity, clear "
          "(default confidentiality,integrity; clear means no protection after authentication)."],
@@ -100,6 +103,7 @@ class Options(usage.Options):
             "method": usage.CompleteList(list(KNOWN_METHODS)),
             "gssapi-keytab": usage.CompleteFiles(),
             "gssapi-mech": usage.CompleteList(["krb5", "spnego", "any"]),
+            "gssapi-wrap": usage.CompleteList(["auto", "library"]),
             "ident": usage.CompleteList(["off", "log", "require"]),
         },
     )
@@ -167,6 +171,7 @@ def config_from_options(options: Any) -> Config:
         gssapi_keytab=options["gssapi-keytab"],
         gssapi_service=options["gssapi-service"],
         gssapi_mech=options["gssapi-mech"],
+        gssapi_wrap=options["gssapi-wrap"],
         gssapi_protection=options["gssapi-protection"],
         gssapi_nec=True if options["gssapi-nec"] else None,
         ident=options["ident"],

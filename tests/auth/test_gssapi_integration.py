@@ -51,11 +51,12 @@ class GSSAPITestCase(IntegrationTestCase):
 
 class LevelTests(GSSAPITestCase):
     @inlineCallbacks
-    def fetch(self, level: str, mechanism: str = "krb5"):
+    def fetch(self, level: str, mechanism: str = "krb5", server_wrap: str = "auto", client_wrap: str = "auto"):
         body = os.urandom(200_000)
         web_port, _ = self.byteServer(body)
-        socks_port, factory = self.startGSSAPI()
-        endpoint = self.endpoint(socks_port, "127.0.0.1", web_port, level=LEVELS[level], mechanism=mechanism)
+        socks_port, factory = self.startGSSAPI(gssapi_wrap=server_wrap)
+        endpoint = self.endpoint(socks_port, "127.0.0.1", web_port, level=LEVELS[level], mechanism=mechanism,
+                                 wrap=client_wrap)
         connection = yield endpoint.establish(Factory.forProtocol(Fetcher))
         self.assertEqual(connection.identity.user, self.realm.user_principal)
         self.assertEqual(connection.identity.attributes["protection"], level)
@@ -64,8 +65,17 @@ class LevelTests(GSSAPITestCase):
         self.assertEqual(session.identity.attributes["mechanism"], mechanism)
         self.assertEqual(session.identity.attributes["protection"], level)
         self.assertEqual(session.protection is None, level == "clear")
+        expected_engine = None if level == "clear" else "openssl" if server_wrap == "auto" else "library"
+        self.assertEqual(session.identity.attributes["wrap_engine"], expected_engine)
         data = yield connection.protocol.done
         self.assertTrue(data.endswith(body))
+
+    def test_openssl_server_with_library_client(self):
+        """Our OpenSSL tokens against MIT's gss_wrap/gss_unwrap through the running proxy, both ways."""
+        return self.fetch("confidentiality", server_wrap="auto", client_wrap="library")
+
+    def test_library_server_with_openssl_client(self):
+        return self.fetch("integrity", server_wrap="library", client_wrap="auto")
 
     def test_krb5_confidentiality(self):
         return self.fetch("confidentiality")
@@ -357,6 +367,8 @@ class MultiRoundTests(GSSAPITestCase):
         [line] = [line for line in logs if "TESTDOM\\alice authenticated with spnego" in line]
         # NTLM: NEGOTIATE, AUTHENTICATE from the client (the server answers CHALLENGE, then completes).
         self.assertIn("after 2 client tokens", line)
+        [session] = factory.context.sessions
+        self.assertEqual(session.identity.attributes["wrap_engine"], "library")  # NTLM: not Kerberos
 
 
 class CredentialFailureTests(GSSAPITestCase):

@@ -442,9 +442,9 @@ class DanteClientThroughOurServerTests(_Rig):
         sent: list[bytes] = []
         unwrap, wrap = GSSAPIStreamProtection._unwrap, GSSAPIStreamProtection._wrap
 
-        def spyUnwrap(protection, frame):
+        def spyUnwrap(protection, frame, stream):
             received.append(bytes(frame.token[:3]))
-            return unwrap(protection, frame)
+            return unwrap(protection, frame, stream)
 
         def spyWrap(protection, data):
             token = wrap(protection, data)

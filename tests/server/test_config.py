@@ -86,6 +86,8 @@ class ConfigTests(SynchronousTestCase):
             ({"negotiation_timeout": "soon"}, "number of seconds"),
             ({"external": "proxy.example"}, "IP address"),
             ({"gssapi_mech": "ntlm"}, "gssapi-mech"),
+            ({"gssapi_wrap": "fastest"}, "gssapi-wrap"),
+            ({"gssapi_wrap": 1}, "gssapi_wrap must be a string"),
             ({"gssapi_protection": ["secret"]}, "gssapi-protection"),
             ({"gssapi_service": "rcmd/host"}, "bare service name"),
             ({"listen": []}, "--listen"),
@@ -152,7 +154,7 @@ class OptionsTests(SynchronousTestCase):
         text = str(Options())
         for option in ("--listen", "--method", "--passwd", "--rules", "--config", "--negotiation-timeout",
                        "--idle-timeout", "--allow-open", "--external", "--gssapi-keytab", "--gssapi-service",
-                       "--gssapi-mech", "--gssapi-protection", "--gssapi-nec"):
+                       "--gssapi-mech", "--gssapi-protection", "--gssapi-nec", "--gssapi-wrap"):
             self.assertIn(option, text)
 
 

@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity, SessionInfo
-from txsocksgss.auth.gssapi_wrap import GSSAPIStreamProtection
+from txsocksgss.auth.gssapi_wrap import WRAP_ENGINES, GSSAPIStreamProtection
 from txsocksgss.errors import ConfigError, ProtocolError
 from txsocksgss.interfaces import (
     IClientAuthenticator,
@@ -173,6 +173,7 @@ class GSSAPIServerSettings:
     mechanisms: tuple[str, ...] = ("krb5", "spnego")
     protection: tuple[ProtectionLevel, ...] = (ProtectionLevel.CONFIDENTIALITY, ProtectionLevel.INTEGRITY)
     nec: bool = False
+    wrap: str = "auto"
 
 
 @implementer(IServerAuthenticatorFactory)
@@ -187,6 +188,10 @@ class GSSAPIServerFactory:
     :param mechanisms: ``krb5`` and/or ``spnego``.
     :param protection: levels the server agrees to, most preferred first.
     :param nec: accept the unwrapped level octet of NEC-derived clients.
+    :param wrap: who computes the per-message tokens (`WRAP_ENGINES`):
+        ``auto`` uses OpenSSL for Kerberos contexts with AES-SHA1 keys
+        (`txsocksgss.auth.kerberos_wrap`), ``library`` always the GSS-API
+        library.
     :raise ConfigError: when the acceptor credential cannot be acquired.
     """
 
@@ -200,13 +205,16 @@ class GSSAPIServerFactory:
         mechanisms: Sequence[str] = ("krb5", "spnego"),
         protection: Sequence[ProtectionLevel] = (ProtectionLevel.CONFIDENTIALITY, ProtectionLevel.INTEGRITY),
         nec: bool = False,
+        wrap: str = "auto",
     ) -> None:
+        if wrap not in WRAP_ENGINES:
+            raise ConfigError(f"unknown GSS-API wrap engine {wrap!r}; known: {', '.join(WRAP_ENGINES)}")
         for mechanism in mechanisms:
             if mechanism not in MECHANISMS:
                 raise ConfigError(f"unknown GSS-API mechanism {mechanism!r}; known: krb5, spnego")
         if not service or "/" in service or "@" in service:
             raise ConfigError(f"GSS-API service name {service!r}: give a bare service name such as rcmd")
-        self.settings = GSSAPIServerSettings(service, keytab, tuple(mechanisms), tuple(protection), nec)
+        self.settings = GSSAPIServerSettings(service, keytab, tuple(mechanisms), tuple(protection), nec, wrap)
         self.credentials = self._acquire()
 
     def _acquire(self) -> Any:
@@ -342,6 +350,11 @@ class _GSSAPIServerConversation:
         token = answer_octet if nec else bytes(self._context.wrap(answer_octet, False).message)
         sent.append(_frame(MessageType.PROTECTION, token))
         principal = _display_name(self._context.initiator_name)
+        inner_mechanism = self._context.mech.dotted_form
+        # Last use of the context: the OpenSSL codec has the library delete it.
+        protection = (None if answer == ProtectionLevel.CLEAR
+                      else GSSAPIStreamProtection(self._context, answer, 0 if nec else 1, self._settings.wrap))
+        self._context = None
         identity = Identity(
             AuthMethod.GSSAPI,
             principal,
@@ -351,9 +364,10 @@ class _GSSAPIServerConversation:
                 "protection": level_name(answer),
                 "requested_protection": level_name(requested),
                 "service": self._service_principal,
-                "inner_mechanism": self._context.mech.dotted_form,
+                "inner_mechanism": inner_mechanism,
                 "context_tokens": self._client_tokens,
                 "nec": nec,
+                "wrap_engine": protection.engine if protection else None,
             },
         )
         _log.info(
@@ -365,7 +379,6 @@ class _GSSAPIServerConversation:
             requested=level_name(requested),
             agreed=level_name(answer),
         )
-        protection = None if answer == ProtectionLevel.CLEAR else GSSAPIStreamProtection(self._context, answer)
         return AuthResult.success(identity, protection)
 
 
@@ -404,6 +417,8 @@ class GSSAPIClientFactory:
     :param credentials: a ``gssapi.Credentials`` to initiate with (instead of
         ``ccache``), e.g. acquired from a client keytab or for one mechanism.
     :param runner: runs blocking GSS-API calls (default: a reactor thread).
+    :param wrap: who computes the per-message tokens, as for
+        `GSSAPIServerFactory`: ``auto`` or ``library``.
     """
 
     method = AuthMethod.GSSAPI
@@ -421,7 +436,10 @@ class GSSAPIClientFactory:
         delegate: bool = False,
         credentials: Any = None,
         runner: Callable[..., Deferred[Any]] | None = None,
+        wrap: str = "auto",
     ) -> None:
+        if wrap not in WRAP_ENGINES:
+            raise ConfigError(f"unknown GSS-API wrap engine {wrap!r}; known: {', '.join(WRAP_ENGINES)}")
         if mechanism not in MECHANISMS:
             raise ConfigError(f"unknown GSS-API mechanism {mechanism!r}; known: krb5, spnego")
         self.host = host
@@ -435,6 +453,7 @@ class GSSAPIClientFactory:
         self.delegate = delegate
         self.credentials = credentials
         self.runner = runner or _run_in_thread
+        self.wrap = wrap
 
     def __repr__(self) -> str:
         return f"<GSSAPIClientFactory {self.targetDescription(None)} {self.mechanism} {level_name(self.level)}>"
@@ -574,7 +593,9 @@ class _GSSAPIClientConversation:
                 "service": self._target,
             },
         )
-        protection = None if level == ProtectionLevel.CLEAR else GSSAPIStreamProtection(self._context, level)
+        protection = (None if level == ProtectionLevel.CLEAR
+                      else GSSAPIStreamProtection(self._context, level, 0 if self._settings.nec else 1, self._settings.wrap))
+        self._context = None
         self._stage = _Stage.DONE
         return AuthStep(result=AuthResult.success(identity, protection), unused=self._buffer.take_all())
 

@@ -23,6 +23,7 @@ __all__ = ["Config", "DEFAULT_LISTEN", "KNOWN_METHODS", "endpoint_is_loopback"]
 DEFAULT_LISTEN = "tcp:1080:interface=127.0.0.1"
 KNOWN_METHODS = ("none", "userpass", "gssapi", "maf", "socks4")
 GSSAPI_MECH_CHOICES = ("krb5", "spnego", "any")
+GSSAPI_WRAP_CHOICES = ("auto", "library")
 GSSAPI_LEVEL_NAMES = ("confidentiality", "integrity", "clear")
 
 # TOML key -> Config field.  Rules live under `default` and `[[rule]]`.
@@ -42,6 +43,7 @@ _TOML_KEYS = {
     "gssapi_mech": "gssapi_mech",
     "gssapi_protection": "gssapi_protection",
     "gssapi_nec": "gssapi_nec",
+    "gssapi_wrap": "gssapi_wrap",
     "ident": "ident",
     "ident_port": "ident_port",
     "ident_timeout": "ident_timeout",
@@ -90,6 +92,8 @@ class Config:
         ``confidentiality``, ``integrity``, ``clear``.
     :ivar gssapi_nec: accept the unwrapped protection-level octet of
         NEC-derived clients.
+    :ivar gssapi_wrap: who computes the per-message tokens: ``auto``
+        (OpenSSL for Kerberos AES-SHA1 keys) or ``library``.
     :ivar ident: SOCKS 4 ident (RFC 1413) checks: ``off``, ``log`` or ``require``.
     :ivar ident_port: the identd port on client hosts (113).
     :ivar ident_timeout: seconds an ident lookup may take.
@@ -133,6 +137,7 @@ class Config:
     gssapi_mech: str = "any"
     gssapi_protection: tuple[str, ...] = ("confidentiality", "integrity")
     gssapi_nec: bool = False
+    gssapi_wrap: str = "auto"
     ident: str = "off"
     ident_port: int = 113
     ident_timeout: float = 10.0
@@ -226,6 +231,8 @@ class Config:
             raise ConfigError("shutdown grace must be 0 (close at once) or a positive number of seconds")
         if self.metrics is not None:
             _check_metrics_endpoint(self.metrics, self.workers)
+        if self.gssapi_wrap not in GSSAPI_WRAP_CHOICES:
+            raise ConfigError(f"--gssapi-wrap must be one of {', '.join(GSSAPI_WRAP_CHOICES)}, not {self.gssapi_wrap!r}")
         if self.gssapi_mech not in GSSAPI_MECH_CHOICES:
             raise ConfigError(f"--gssapi-mech must be one of {', '.join(GSSAPI_MECH_CHOICES)}, not {self.gssapi_mech!r}")
         if not self.gssapi_protection or any(p not in GSSAPI_LEVEL_NAMES for p in self.gssapi_protection):
@@ -337,7 +344,8 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
             if value is not None and not isinstance(value, str):
                 raise ConfigError("metrics must be a server endpoint string such as tcp:9180:interface=127.0.0.1")
             out[key] = value or None
-        elif key in ("passwd", "rules_file", "external", "gssapi_keytab", "gssapi_service", "gssapi_mech", "ident"):
+        elif key in ("passwd", "rules_file", "external", "gssapi_keytab", "gssapi_service", "gssapi_mech", "gssapi_wrap",
+                     "ident"):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{key} must be a string")
             out[key] = value

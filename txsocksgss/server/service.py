@@ -95,6 +95,7 @@ def _buildMethod(name: str, config: Config, checkers: Iterable[ICredentialsCheck
             mechanisms=mechanisms,
             protection=parse_levels(config.gssapi_protection),
             nec=config.gssapi_nec,
+            wrap=config.gssapi_wrap,
         )
     if name == "test":
         from txsocksgss.auth.maf import TestSubMethodServerFactory
