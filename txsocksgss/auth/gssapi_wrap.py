@@ -129,9 +129,11 @@ class GSSAPIStreamProtection:
         if len(data) <= limit:
             return self._frame(self._wrap(data))
         view = memoryview(data)
-        return b"".join(
-            self._frame(self._wrap(view[start:start + limit])) for start in range(0, len(data), limit)
-        )
+        pieces = []
+        for start in range(0, len(data), limit):
+            token = self._wrap(view[start:start + limit])
+            pieces += (_HEADER + len(token).to_bytes(2, "big"), token)  # one copy of each token: the join
+        return b"".join(pieces)
 
     def unprotect(self, data: bytes) -> bytes:
         """Unwrap every whole frame received so far; keep the rest for later."""

@@ -57,7 +57,8 @@ class Reader:
         end = self.offset + count
         if end > len(self._data):
             raise NeedMore()
-        chunk = bytes(self._data[self.offset:end])
+        with memoryview(self._data) as view:  # one copy, not a slice and then a copy of it
+            chunk = bytes(view[self.offset:end])
         self.offset = end
         return chunk
 
