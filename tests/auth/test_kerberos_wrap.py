@@ -35,13 +35,14 @@ KRB5 = "1.2.840.113554.1.2.2"
 SPNEGO = "1.3.6.1.5.5.2"
 
 
-def context_pair(mech: str = KRB5) -> tuple[object, object]:
+def context_pair(mech: str = KRB5, mutual: bool = True) -> tuple[object, object]:
     """An established (initiator, acceptor) pair of MIT contexts."""
     realm = test_realm()
     name = gssapi.Name(f"rcmd@{SERVICE_HOST}", gssapi.NameType.hostbased_service)
-    flags = (gssapi.RequirementFlag.mutual_authentication | gssapi.RequirementFlag.integrity
-             | gssapi.RequirementFlag.confidentiality | gssapi.RequirementFlag.replay_detection
-             | gssapi.RequirementFlag.out_of_sequence_detection)
+    flags = (gssapi.RequirementFlag.integrity | gssapi.RequirementFlag.confidentiality
+             | gssapi.RequirementFlag.replay_detection | gssapi.RequirementFlag.out_of_sequence_detection)
+    if mutual:
+        flags |= gssapi.RequirementFlag.mutual_authentication
     initiator = gssapi.SecurityContext(name=name, usage="initiate", flags=flags, mech=gssapi.OID.from_int_seq(mech))
     credentials = gssapi.Credentials(usage="accept", store={"keytab": realm.service_keytab})
     acceptor = gssapi.SecurityContext(usage="accept", creds=credentials)
@@ -147,6 +148,16 @@ class AgainstMITTests(SynchronousTestCase):
                     result = theirs.unwrap(codec.wrap(data, conf))
                     self.assertEqual((result.message, result.encrypted), (data, conf), (role, conf, size))
                     self.assertEqual(codec.unwrap(theirs.wrap(data, conf).message), (data, conf), (role, conf, size))
+
+    def test_without_mutual_authentication_the_context_key_protects(self):
+        """No AP-REP, so no acceptor subkey: tokens carry no AcceptorSubkey flag."""
+        initiator, acceptor = context_pair(mutual=False)
+        codec = codec_from_context(acceptor, 0)
+        assert codec is not None
+        token = codec.wrap(b"no subkey", True)
+        self.assertEqual(token[2], 0x01 | 0x02)
+        self.assertEqual(initiator.unwrap(token).message, b"no subkey")
+        self.assertEqual(codec.unwrap(initiator.wrap(b"back", False).message), (b"back", False))
 
     def test_wrap_size_limit_is_the_library_s(self):
         initiator, acceptor = context_pair()
