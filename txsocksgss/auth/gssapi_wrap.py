@@ -129,7 +129,7 @@ class GSSAPIStreamProtection:
         if len(data) <= limit:
             return self._frame(self._wrap(data))
         view = memoryview(data)
-        pieces = []
+        pieces: list[bytes] = []
         for start in range(0, len(data), limit):
             token = self._wrap(view[start:start + limit])
             pieces += (_HEADER + len(token).to_bytes(2, "big"), token)  # one copy of each token: the join
@@ -140,7 +140,7 @@ class GSSAPIStreamProtection:
         if self._failed:
             raise ProtectionFailed("the protected stream has already failed")
         self._incoming.feed(data)
-        pieces = []
+        pieces: list[bytes] = []
         try:
             while True:
                 frame = self._incoming.next(parse_gssapi_frame)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hmac
 import os
 import time
+from functools import cached_property, lru_cache
 from math import gcd
 from typing import Any, Callable
 
@@ -89,6 +90,7 @@ class TokenRejected(Exception):
 # -- RFC 3961 / 3962 building blocks -------------------------------------------
 
 
+@lru_cache(maxsize=64)  # the same few usage constants, for every session
 def n_fold(data: bytes, size: int) -> bytes:
     """RFC 3961 s5.1: stretch or fold ``data`` to ``size`` bytes."""
     if not data or size <= 0:
@@ -172,16 +174,33 @@ class _UsageKeys:
     """
     The keys of one direction's Wrap tokens, all derived for its SEAL usage
     (RFC 4121 s2: the SIGN usages are for MIC tokens): Ke and Ki for sealed
-    tokens (0xAA, 0x55), Kc for the checksum of signed ones (0x99).
+    tokens (0xAA, 0x55), Kc for the checksum of signed ones (0x99).  Each
+    is derived on first use: a session at one level needs only its own.
     """
 
     def __init__(self, key: bytes, usage: int) -> None:
-        seal = usage.to_bytes(4, "big")
-        encryption_key = derive_key(key, seal + b"\xaa")
-        self.integrity_key = derive_key(key, seal + b"\x55")
-        self.checksum_key = derive_key(key, seal + b"\x99")
-        self.cbc = Cipher(algorithms.AES(encryption_key), modes.CBC(_ZERO_IV))
-        self.ecb = Cipher(algorithms.AES(encryption_key), modes.ECB())
+        self._key = key
+        self._usage = usage.to_bytes(4, "big")
+
+    @cached_property
+    def _encryption_key(self) -> bytes:
+        return derive_key(self._key, self._usage + b"\xaa")
+
+    @cached_property
+    def integrity_key(self) -> bytes:
+        return derive_key(self._key, self._usage + b"\x55")
+
+    @cached_property
+    def checksum_key(self) -> bytes:
+        return derive_key(self._key, self._usage + b"\x99")
+
+    @cached_property
+    def cbc(self) -> Cipher[Any]:
+        return Cipher(algorithms.AES(self._encryption_key), modes.CBC(_ZERO_IV))
+
+    @cached_property
+    def ecb(self) -> Cipher[Any]:
+        return Cipher(algorithms.AES(self._encryption_key), modes.ECB())
 
 
 def _mac(key: bytes, *pieces: bytes | memoryview) -> bytes:
