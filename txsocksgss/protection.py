@@ -14,15 +14,20 @@ transport and receives plaintext, as with Twisted's TLS wrapper.
 Producer/consumer calls pass straight through to the real transport, so
 flow control keeps working: a paused reader pauses the wire, and the real
 transport's write buffer (holding protected bytes) is what fills up.
+
+When protecting fails (the security context expired), nothing of the
+write is sent: ``failed`` is told (the owner records why and closes), or,
+without one, the connection is aborted.  The writer never sees an exception.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from zope.interface import implementer
 
+from txsocksgss.errors import ProtocolError
 from txsocksgss.interfaces import IStreamProtection
 
 __all__ = ["ProtectedTransport"]
@@ -33,15 +38,29 @@ class ProtectedTransport:
     """
     A transport that protects everything written to it before it reaches
     ``transport``.  Every other call goes to ``transport`` unchanged.
+
+    :param failed: called with the `ProtocolError` when data cannot be
+        protected; it should close the connection.  Default: abort it.
     """
 
-    def __init__(self, transport: Any, protection: IStreamProtection) -> None:
+    def __init__(self, transport: Any, protection: IStreamProtection,
+                 failed: Callable[[ProtocolError], None] | None = None) -> None:
         self.transport = transport
         self.protection = protection
+        self.failed = failed
 
     def write(self, data: bytes) -> None:
-        if data:
-            self.transport.write(self.protection.protect(data))
+        if not data:
+            return
+        try:
+            protected = self.protection.protect(data)
+        except ProtocolError as error:
+            if self.failed is not None:
+                self.failed(error)
+            else:
+                self.transport.abortConnection()
+            return
+        self.transport.write(protected)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))

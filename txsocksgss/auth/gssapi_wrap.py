@@ -69,7 +69,10 @@ class LibraryTokenCodec:
         return int(self.context.get_wrap_size_limit(max_token, conf))
 
     def wrap(self, data: bytes | memoryview, conf: bool) -> bytes:
-        return bytes(self.context.wrap(bytes(data), conf).message)
+        try:
+            return bytes(self.context.wrap(bytes(data), conf).message)
+        except GSSError as error:  # the context expired
+            raise TokenRejected(_gss_text(error)) from None
 
     def unwrap(self, token: bytes, *, stream: bool = True) -> tuple[bytes, bool]:
         try:
@@ -169,7 +172,7 @@ class GSSAPIStreamProtection:
         try:
             return self._codec.wrap(data, self._encrypt)
         except TokenRejected as error:  # the context expired
-            raise ProtectionFailed(str(error)) from None
+            raise ProtectionFailed(f"cannot protect more data: {error}") from None
 
     @staticmethod
     def _frame(token: bytes) -> bytes:

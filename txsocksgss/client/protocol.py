@@ -136,16 +136,19 @@ class _HandshakeProtocol(Protocol):
     def installProtection(self, protection: IStreamProtection) -> None:
         """From now on, wrap what is written and unwrap what is received."""
         self.protection = protection
-        self.transport = ProtectedTransport(self.transport, protection)
+        self.transport = ProtectedTransport(self.transport, protection, self._protectionFailed)
+
+    def _protectionFailed(self, error: ProtocolError) -> None:
+        _log.info("closing the proxy connection: {error}", error=error)
+        self.fail(error)
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         if self.protection is not None:
             try:
                 data = self.protection.unprotect(data)
             except ProtocolError as error:
-                _log.info("closing the proxy connection: {error}", error=error)
-                self.fail(error)
-                self.transport.abortConnection()  # type: ignore[union-attr]
+                self._protectionFailed(error)
                 return
             if not data:
                 return
