@@ -7,8 +7,6 @@ self-signed certificate made in the test (when pyOpenSSL is installed).
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from typing import Any
 
 from twisted.internet import reactor
@@ -24,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from tests.support import IntegrationTestCase
+from tests.support import IntegrationTestCase, self_signed_certificate
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client import http as socks_http
@@ -94,39 +92,6 @@ class InlineEndpointFactory:
 
     def endpointForURI(self, uri: URI) -> SOCKS5ClientEndpoint:
         return SOCKS5ClientEndpoint(self.proxy, uri.host.decode(), uri.port)
-
-
-def _self_signed(hostname: str) -> tuple[bytes, bytes]:
-    """A fresh EC key and a self-signed certificate for ``hostname`` and 127.0.0.1, both PEM."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 @implementer(IPolicyForHTTPS)
@@ -221,7 +186,7 @@ class HTTPSThroughOwnServerTests(_WebTestCase):
 
     @inlineCallbacks
     def test_https_runs_tls_end_to_end_inside_the_tunnel(self):
-        certificate_pem, key_pem = _self_signed("localhost")
+        certificate_pem, key_pem = self_signed_certificate("localhost")
         server_options = ssl.PrivateCertificate.loadPEM(certificate_pem + key_pem).options()
         site = TrackedSite()
         listening = reactor.listenSSL(0, site, server_options, interface="127.0.0.1")
@@ -240,7 +205,7 @@ class HTTPSThroughOwnServerTests(_WebTestCase):
 
     @inlineCallbacks
     def test_https_default_policy_rejects_an_untrusted_certificate(self):
-        certificate_pem, key_pem = _self_signed("localhost")
+        certificate_pem, key_pem = self_signed_certificate("localhost")
         server_options = ssl.PrivateCertificate.loadPEM(certificate_pem + key_pem).options()
         site = TrackedSite()
         listening = reactor.listenSSL(0, site, server_options, interface="127.0.0.1")

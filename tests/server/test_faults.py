@@ -317,6 +317,7 @@ class VanishingClientTests(FaultTestCase):
         self.assertIs(session.state, SessionState.CLOSED)
         self.assertNoTimersOf(session)
         self.assertIsNone(session._pending)
+        self.assertIsNone(session._outgoing)
 
     @inlineCallbacks
     def test_vanishing_mid_handshake_leaks_nothing(self):
@@ -345,7 +346,7 @@ class VanishingClientTests(FaultTestCase):
         handled = whenLeft(session, SessionState.REQUEST)
         client.transport.write(request)
         yield handled
-        self.assertIsNotNone(session._pending)  # the connection attempt
+        self.assertIsNotNone(session._outgoing)  # the connection attempt
         client.transport.abortConnection()
         yield client.lost
         yield self.assertDrainedWithoutLeaks(factory, session)

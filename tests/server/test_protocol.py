@@ -1,11 +1,13 @@
 """
 Unit tests of the SOCKS 5 server protocol with twisted.internet.testing fakes:
-every reply code, every method path, bad input at every stage.
+every reply code, every method path, bad input at every stage; and the
+direct write of replies onto a socket pair.
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,8 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet import error as ierror
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Protocol
+from twisted.internet.tcp import Connection
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +25,7 @@ from twisted.internet.interfaces import IHostnameResolver
 
 from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
-from txsocksgss.server.protocol import ServerContext, SessionState, SOCKSServerFactory
+from txsocksgss.server.protocol import ServerContext, SessionState, SOCKSServerFactory, _writeNow
 from txsocksgss.server.rules import ALLOW_ALL, rules_from_table
 from txsocksgss.wire.reader import MessageBuffer
 from txsocksgss.wire.socks5 import (
@@ -376,6 +380,12 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(reply.code, ReplyCode.TTL_EXPIRED)
         self.assertTrue(harness.reactor.connectors[0].stoppedConnecting)
 
+    def test_the_negotiation_timeout_bounds_the_connect_unless_longer_than_30s(self) -> None:
+        for negotiation_timeout, connect_timeout in ((30, None), (60, 30.0)):
+            harness = ServerHarness(negotiation_timeout=negotiation_timeout)
+            harness.send(b"\x05\x01\x00" + connect_request("192.0.2.1"))
+            self.assertEqual(harness.reactor.tcpClients[0][3], connect_timeout)
+
     def test_slow_client_cut_off_even_if_it_keeps_sending(self) -> None:
         harness = ServerHarness(negotiation_timeout=5)
         harness.send(b"\x05\x01")
@@ -433,3 +443,41 @@ class HostileInputTests(SynchronousTestCase):
         self.assertEqual(harness.resolver.asked, ["a" * 255])
 
 
+
+
+class DirectWriteTests(SynchronousTestCase):
+    """`_writeNow`: replies go onto the socket at once, the rest through the transport, in order."""
+
+    def connection(self) -> tuple[Connection, socket.socket]:
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        transport = Connection(ours, Protocol(), MemoryReactorClock())
+        transport.connected = True
+        return transport, peer
+
+    def test_a_reply_is_on_the_socket_at_once(self) -> None:
+        transport, peer = self.connection()
+        self.assertTrue(_writeNow(transport, b"\x05\x00"))
+        self.assertEqual(peer.recv(16), b"\x05\x00")
+        self.assertEqual(transport._tempDataLen, 0)
+
+    def test_what_the_socket_does_not_take_waits_in_the_transport_in_order(self) -> None:
+        transport, peer = self.connection()
+        body = bytes(range(256)) * 32 * 1024  # 8 MiB: more than a socket buffer holds
+        self.assertFalse(_writeNow(transport, body))
+        self.assertFalse(_writeNow(transport, b"after"))  # behind the buffered rest, not on the socket
+        peer.setblocking(False)
+        received = bytearray()
+        while len(received) < len(body) + 5:
+            transport.doWrite()
+            try:
+                received += peer.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        self.assertEqual(bytes(received), body + b"after")
+
+    def test_a_string_transport_is_written_the_ordinary_way(self) -> None:
+        transport = StringTransport()
+        self.assertFalse(_writeNow(transport, b"\x05\x00"))
+        self.assertEqual(transport.value(), b"\x05\x00")

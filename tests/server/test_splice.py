@@ -1,7 +1,8 @@
 """
 The zero-copy splice relay on real sockets: byte-exact both ways at once,
-half-close, a slow reader, a peer reset, the idle timeout, and the fallback
-to the ordinary relay.
+half-close, a slow reader, a peer reset, the idle timeout, the copying of
+the first bytes (no pipe for a short exchange), and the fallback to the
+ordinary relay (a TLS listener never splices).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from tests.support import IntegrationTestCase
+from tests.support import IntegrationTestCase, ScriptedClient, self_signed_certificate
 from txsocksgss.server.relay import Relay
-from txsocksgss.server.splice import SpliceRelay
-from txsocksgss.wire.socks5 import Address, Command, Request
+from txsocksgss.server.splice import COPY_LIMIT, SpliceRelay
+from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request
 
 TOTAL = 32 * 1024 * 1024
 
@@ -252,3 +253,97 @@ class SpliceIdleTests(IntegrationTestCase):
         self.assertIsInstance(session.relay, SpliceRelay)
         yield client.lost
         self.assertEqual(session.record.outcome, "idle timeout")
+
+
+@implementer(IHalfCloseableProtocol)
+class _EchoUntilEOF(Protocol):
+    """Echoes what arrives; closes when the client half-closes."""
+
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+
+class CopyPhaseTests(IntegrationTestCase):
+    @inlineCallbacks
+    def tunnel(self, **config):
+        destination_port = self.listen(Factory.forProtocol(_EchoUntilEOF))
+        socks_port, socks = self.startSOCKS(**config)
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        client = ScriptedClient(Request(Command.CONNECT, Address.of("127.0.0.1", destination_port)))
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks_port), client)
+        self.assertEqual((yield client.reply(0)).code, ReplyCode.SUCCEEDED)
+        [session] = socks.context.sessions
+        return client, session, socks
+
+    @inlineCallbacks
+    def test_a_short_exchange_is_copied_without_a_pipe_and_closed_at_once(self):
+        client, session, socks = yield self.tunnel()
+        relay = session.relay
+        self.assertIsInstance(relay, SpliceRelay)
+        client.transport.write(b"ping")
+        yield client.waitForData(4)
+        self.assertEqual(client.data, b"ping")
+        self.assertEqual((relay._up.pipe, relay._down.pipe), (None, None))
+        client.transport.loseWriteConnection()
+        yield client.lost
+        yield socks.context.whenDrained()
+        self.assertEqual(session.record.outcome, "closed")
+        self.assertEqual((session.record.bytes_from_client, session.record.bytes_to_client), (4, 4))
+        self.assertTrue(relay.closed_at_once)
+        self.assertIsNone(session._linger)
+
+    @inlineCallbacks
+    def test_past_the_copy_limit_bytes_go_through_a_pipe(self):
+        client, session, socks = yield self.tunnel()
+        relay = session.relay
+        body = os.urandom(COPY_LIMIT * 3)
+        client.transport.write(body)
+        yield client.waitForData(len(body))
+        self.assertEqual(client.data, body)
+        self.assertIsNotNone(relay._up.pipe)
+        self.assertIsNotNone(relay._down.pipe)
+        client.transport.loseConnection()
+        yield client.lost
+        yield socks.context.whenDrained()
+        self.assertEqual((relay._up.pipe, relay._down.pipe), (None, None))
+        self.assertEqual((session.record.bytes_from_client, session.record.bytes_to_client),
+                         (len(body), len(body)))
+
+
+class TLSListenerTests(IntegrationTestCase):
+    @inlineCallbacks
+    def test_a_tls_listener_never_splices_and_keeps_the_tunnel_inside_tls(self):
+        try:
+            from twisted.internet import ssl
+
+            certificate_pem, key_pem = self_signed_certificate("localhost")
+        except ImportError:
+            self.skipTest("TLS needs pyOpenSSL and cryptography")
+        from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+
+        from txsocksgss.server.config import Config
+        from txsocksgss.server.service import makeServerFactory
+
+        destination_port = self.listen(Factory.forProtocol(_EchoUntilEOF))
+        factory = makeServerFactory(Config.build(listen=["tcp:0:interface=127.0.0.1"]), reactor)
+        server_options = ssl.PrivateCertificate.loadPEM(certificate_pem + key_pem).options()
+        port = reactor.listenSSL(0, factory, server_options, interface="127.0.0.1")
+        self.addCleanup(self._stopSOCKS, port, factory)
+        client = ScriptedClient(Request(Command.CONNECT, Address.of("127.0.0.1", destination_port)))
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port,
+                                      ssl.CertificateOptions(verify=False))
+        yield connectProtocol(endpoint, client)
+        self.assertEqual((yield client.reply(0)).code, ReplyCode.SUCCEEDED)
+        [session] = factory.context.sessions
+        self.assertIsInstance(session.relay, Relay)
+        client.transport.write(b"through TLS")
+        self.assertEqual((yield client.waitForData(11)), b"through TLS")
+        client.transport.loseConnection()
+        yield client.lost

@@ -31,6 +31,7 @@ import enum
 import ipaddress
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -113,6 +114,12 @@ def client_key(host: str | None) -> str | None:
     """
     if not host:
         return None
+    return _canonical_client(host)
+
+
+@lru_cache(maxsize=4096)
+def _canonical_client(host: str) -> str | None:
+    # Cached: every accepted connection asks, usually about the same few addresses.
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from functools import lru_cache
 from typing import Any
 
 from twisted.internet import error as ierror
@@ -17,20 +18,29 @@ from zope.interface import implementer
 
 from txsocksgss.wire.socks5 import ReplyCode
 
-__all__ = ["DestinationUnresolved", "resolve", "reply_code_for", "is_ip_literal"]
+__all__ = ["DestinationUnresolved", "resolve", "reply_code_for", "is_ip_literal", "ip_literal"]
 
 
 class DestinationUnresolved(Exception):
     """A host name resolved to no address (or the lookup failed)."""
 
 
+@lru_cache(maxsize=4096)
+def ip_literal(host: str) -> str | None:
+    """
+    ``host`` in canonical text form if it is an IPv4 or IPv6 address, else
+    None (a name).  Cached: every session asks about its client and its
+    destination, and parsing costs more than the rest of a short request.
+    """
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 def is_ip_literal(host: str) -> bool:
     """True if ``host`` is an IPv4 or IPv6 address in text form."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return ip_literal(host) is not None
 
 
 @implementer(IResolutionReceiver)
@@ -79,8 +89,9 @@ def resolve(resolver: IHostnameResolver, host: str, port: int) -> Deferred[list[
     timeout bounds it); cancelling it fails it with CancelledError and
     cancels the lookup when the resolver supports that.
     """
-    if is_ip_literal(host):
-        return succeed([str(ipaddress.ip_address(host))])
+    literal = ip_literal(host)
+    if literal is not None:
+        return succeed([literal])
     collector = _Collector(host)
     resolution = resolver.resolveHostName(collector, host, portNumber=port)
     if collector.resolution is None:

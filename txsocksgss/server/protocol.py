@@ -31,16 +31,14 @@ negotiation timeout; a closed tunnel, after another idle timeout.
 from __future__ import annotations
 
 import enum
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet import error as ierror
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHostnameResolver
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -57,11 +55,11 @@ from txsocksgss.interfaces import (
 from txsocksgss.protection import ProtectedTransport
 from txsocksgss.server.guard import DestinationGuard
 from txsocksgss.server.limits import Refusal, RefusalLog, SessionLimits, SessionTicket
-from txsocksgss.server.outbound import DestinationUnresolved, is_ip_literal, reply_code_for, resolve
+from txsocksgss.server.outbound import DestinationUnresolved, ip_literal, is_ip_literal, reply_code_for, resolve
 from txsocksgss.server.relay import Relay, UpstreamProtocol
 from txsocksgss.server.rules import AccessRequest, Decision
 from txsocksgss.server.session import SessionRecord
-from txsocksgss.server.splice import SpliceRelay, splice_available
+from txsocksgss.server.splice import SpliceRelay, plain_connection, splice_available
 from txsocksgss.auth.ident import IdentOutcome
 from txsocksgss.wire.reader import MessageBuffer
 from txsocksgss.wire.socks4 import (
@@ -94,6 +92,8 @@ _COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind", Command.UDP_
 _UNSPECIFIED = Address(AddressType.IPV4, "0.0.0.0", 0)
 # The longest SOCKS 5 request is 4 + 1 + 255 + 2 bytes; a greeting 2 + 255.
 _NEGOTIATION_BUFFER_LIMIT = 1024
+# The reactor's connect timeout (Twisted's endpoints' default); see _connectTo.
+_CONNECT_TIMEOUT = 30.0
 # Bytes a client may send after its request, before the reply, that we keep.
 _EARLY_DATA_LIMIT = 256 * 1024
 
@@ -191,6 +191,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._auth_backlog = b""
         self._negotiation_timer: IDelayedCall | None = None
         self._pending: Deferred[Any] | None = None
+        self._outgoing: _OutgoingConnection | None = None
         self._command_handler: Any = None
         self._relay: Relay | SpliceRelay | None = None
         self.record: SessionRecord | None = None
@@ -411,7 +412,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._method = chosen
         assert self.record is not None
         self.record.method = chosen.name
-        self.transport.write(MethodSelection(chosen.method).serialize())  # type: ignore[union-attr]
+        _writeNow(self.transport, MethodSelection(chosen.method).serialize())
         host = self.transport.getHost()  # type: ignore[union-attr]
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         session = SessionInfo(
@@ -589,6 +590,19 @@ class SOCKS5ServerProtocol(Protocol):
             )
         return decision
 
+    def allowedAddresses(self, command: str, destination: Address, addresses: list[str]) -> list[str]:
+        """
+        The addresses of ``destination`` (resolved to ``addresses``) that the
+        guard and the policy allow, in order; raises `_Denied` (carrying the
+        deciding rule) when they allow none.
+        """
+        decisions = [(address, self.decide(command, destination.host, destination.port, address))
+                     for address in addresses]
+        allowed = [address for address, decision in decisions if decision.allowed]
+        if not allowed:
+            raise _Denied(decisions[0][1].rule)
+        return allowed
+
     def resolveAllowed(self, command: str, destination: Address) -> Deferred[list[str]]:
         """
         Resolve ``destination`` and keep the addresses the policy allows.
@@ -597,52 +611,42 @@ class SOCKS5ServerProtocol(Protocol):
         with `_Denied` (carrying the deciding rule) when the policy allows none.
         """
         d = resolve(self.context.resolver, destination.host, destination.port)
-
-        def filter_allowed(addresses: list[str]) -> list[str]:
-            decisions = [
-                (address, self.decide(command, destination.host, destination.port, address))
-                for address in addresses
-            ]
-            allowed = [address for address, decision in decisions if decision.allowed]
-            if not allowed:
-                raise _Denied(decisions[0][1].rule)
-            return allowed
-
-        d.addCallback(filter_allowed)
+        d.addCallback(lambda addresses: self.allowedAddresses(command, destination, addresses))
         return d
 
     def _connect(self, destination: Address) -> None:
-        if not is_ip_literal(destination.host):
-            self._phase = f"resolving {destination.host}"
-        d = self.resolveAllowed("connect", destination)
-        d.addCallback(self._connectFirst, destination.port)
-        d.addCallbacks(self._connected, self._commandFailed)
+        # An IP literal (the usual request) is judged and connected at once:
+        # no lookup, so no Deferred to wait on.
+        literal = ip_literal(destination.host)
+        if literal is not None:
+            self._connectTo(destination, [literal])
+            return
+        self._phase = f"resolving {destination.host}"
+        d = resolve(self.context.resolver, destination.host, destination.port)
+        d.addCallbacks(self._resolved, self._commandFailed, callbackArgs=(destination,))
         self._pending = d
 
-    def _connectFirst(self, addresses: list[str], port: int) -> Deferred[UpstreamProtocol]:
-        """Try each allowed address in order; the last failure wins."""
-        remaining = list(addresses)
-        result: Deferred[UpstreamProtocol] = Deferred(lambda d: attempt_holder[0].cancel())
-        attempt_holder: list[Deferred[Any]] = []
-
-        def try_next(failure: Failure | None = None) -> None:
-            if not remaining:
-                assert failure is not None
-                result.errback(failure)
-                return
-            address = remaining.pop(0)
-            self._phase = f"connecting to {_format_destination(address, port)}"
-            endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-            endpoint = endpoint_type(self.context.reactor, address, port)
-            attempt = endpoint.connect(_UPSTREAM_FACTORY)
-            attempt_holder[:] = [attempt]
-            attempt.addCallbacks(result.callback, lambda f: None if f.check(*_CANCELLED) else try_next(f))
-
-        try_next()
-        return result
-
-    def _connected(self, upstream: UpstreamProtocol) -> None:
+    def _resolved(self, addresses: list[str], destination: Address) -> None:
         self._pending = None
+        if self.state is SessionState.COMMAND:
+            self._connectTo(destination, addresses)
+
+    def _connectTo(self, destination: Address, addresses: list[str]) -> None:
+        """Connect to the first allowed address of ``addresses`` that answers (`_OutgoingConnection`)."""
+        try:
+            allowed = self.allowedAddresses("connect", destination, addresses)
+        except Exception:
+            self._commandFailed(Failure())
+            return
+        # The negotiation timer (started earlier) bounds the attempt; the
+        # reactor's own connect timeout is only needed when it is longer.
+        timeout = _CONNECT_TIMEOUT if self.context.negotiation_timeout > _CONNECT_TIMEOUT else None
+        self._outgoing = _OutgoingConnection(self, allowed, destination.port, timeout)
+        self._outgoing.tryNext()
+
+    def upstreamConnected(self, upstream: UpstreamProtocol) -> None:
+        """The CONNECT's outgoing connection is up: reply and relay (`_OutgoingConnection` calls this)."""
+        self._outgoing = None
         assert upstream.transport is not None
         if self.state is not SessionState.COMMAND:
             upstream.transport.loseConnection()
@@ -652,6 +656,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     def _commandFailed(self, failure: Failure) -> None:
         self._pending = None
+        self._outgoing = None
         if self.state is not SessionState.COMMAND or failure.check(*_CANCELLED):
             return
         if failure.check(_Denied):
@@ -695,18 +700,18 @@ class SOCKS5ServerProtocol(Protocol):
         early = self._buffer.take_all()
         reply = self._reply(code, bound)
         relay: Relay | SpliceRelay
-        if (
+        splice = (
             self.context.splice
             and self.protection is None
             and not early
             and not upstream.hasEarlyData()
             and splice_available(self.context.reactor, self.transport, upstream.transport)
-            and _sendNow(self.transport, reply)
-        ):
+        )
+        # The splice relay takes the socket over: only if the reply is all on it.
+        if _writeNow(self.transport, reply) and splice:
             relay = SpliceRelay(self.transport, upstream.transport, self.context.reactor,
                                 self.context.idle_timeout, self._relayEnded)
         else:
-            self.transport.write(reply)
             relay = Relay(self.transport, upstream.transport, self.context.reactor,
                           self.context.idle_timeout, self._relayEnded)
         self._relay = relay
@@ -743,7 +748,8 @@ class SOCKS5ServerProtocol(Protocol):
         self.record.bytes_to_client = self._relay.bytes_from_upstream
         self.state = SessionState.CLOSED
         self.record.finish(self.context.reactor.seconds(), outcome)
-        if not self._connection_lost and self.context.idle_timeout and self._linger is None:
+        if (not self._connection_lost and not self._relay.closed_at_once and self.context.idle_timeout
+                and self._linger is None):
             # The client may still be reading the tunnel's last bytes; one
             # that reads nothing for an idle period is not let hold its place.
             self._linger = self.context.reactor.callLater(self.context.idle_timeout, self._lingerTimedOut)
@@ -751,7 +757,8 @@ class SOCKS5ServerProtocol(Protocol):
     def _negotiationTimedOut(self) -> None:
         self._negotiation_timer = None
         if self.state is SessionState.COMMAND:
-            self._close(f"negotiation timeout while {self._phase}", ReplyCode.TTL_EXPIRED)
+            phase = self._outgoing.describe() if self._outgoing is not None else self._phase
+            self._close(f"negotiation timeout while {phase}", ReplyCode.TTL_EXPIRED)
         else:
             self._close(f"negotiation timeout in {self.state.value}")
 
@@ -791,6 +798,9 @@ class SOCKS5ServerProtocol(Protocol):
             # A called Deferred may still be waiting on a chained one (an
             # outgoing connection): cancel() forwards to it.
             pending.cancel()
+        outgoing, self._outgoing = self._outgoing, None
+        if outgoing is not None:
+            outgoing.cancel()
         if self._command_handler is not None:
             self._command_handler.stop()
         if send_reply is not None:
@@ -808,18 +818,25 @@ class SOCKS5ServerProtocol(Protocol):
             self._linger = self.context.reactor.callLater(self.context.negotiation_timeout, self._lingerTimedOut)
 
 
-def _sendNow(transport: Any, data: bytes) -> bool:
+def _writeNow(transport: Any, data: bytes) -> bool:
     """
-    Put ``data`` on the socket at once (a splice relay takes the socket over
-    right after, so nothing may wait in the transport's buffer).  False if
-    the socket would not take it all; the caller then writes the rest the
-    ordinary way.
+    Write ``data`` on ``transport``, straight onto the socket when the
+    transport is a plain connection (`plain_connection`) with nothing in its
+    buffer: Twisted's own write would wait for the next turn of the reactor,
+    a registration and a wake-up more per message.  What the socket does
+    not take goes through the transport, in order.  True if all of it is on
+    the socket (a splice relay may then take the socket over).
     """
+    connection = plain_connection(transport)
+    if connection is None or connection.dataBuffer or connection._tempDataLen or connection.disconnecting:
+        transport.write(data)
+        return False
     try:
-        sent = transport.socket.send(data)
+        sent = connection.socket.send(data)
     except BlockingIOError:
         sent = 0
     except OSError:
+        transport.write(data)  # the transport meets the error itself and reports the loss
         return False
     if sent < len(data):
         transport.write(data[sent:])
@@ -827,12 +844,57 @@ def _sendNow(transport: Any, data: bytes) -> bool:
     return True
 
 
-class _UpstreamFactory(Factory):
-    protocol = UpstreamProtocol
+class _OutgoingConnection(ClientFactory):
+    """
+    The outgoing connection of a CONNECT: tries ``addresses`` in order with
+    the reactor's connectTCP (the last failure wins) and tells ``session``
+    the outcome, `SOCKS5ServerProtocol.upstreamConnected` or its failure.
+    `cancel` stops the attempt under way; nothing is reported after it.
+    """
+
     noisy = False
 
+    def __init__(self, session: SOCKS5ServerProtocol, addresses: list[str], port: int,
+                 timeout: float | None) -> None:
+        self._session = session
+        self._remaining = addresses
+        self._port = port
+        self._timeout = timeout
+        self._address = ""
+        self._connector: Any = None
+        self._finished = False
 
-_UPSTREAM_FACTORY = _UpstreamFactory()
+    def tryNext(self) -> None:
+        self._address = self._remaining.pop(0)
+        self._connector = self._session.context.reactor.connectTCP(
+            self._address, self._port, self, timeout=self._timeout)
+
+    def describe(self) -> str:
+        """What the session waits for, for the negotiation timeout's log line."""
+        return f"connecting to {_format_destination(self._address, self._port)}"
+
+    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
+        upstream = UpstreamProtocol()
+        upstream.onConnected = self._connected
+        return upstream
+
+    def _connected(self, upstream: UpstreamProtocol) -> None:
+        self._finished = True
+        self._session.upstreamConnected(upstream)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if self._finished:
+            return
+        if self._remaining:
+            self.tryNext()
+            return
+        self._finished = True
+        self._session._commandFailed(reason)
+
+    def cancel(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._connector.stopConnecting()
 
 
 class _Denied(Exception):
@@ -840,11 +902,9 @@ class _Denied(Exception):
 
 
 def _format_destination(host: str, port: int) -> str:
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]:{port}"
-    except ValueError:
-        pass
+    """``host:port``, or ``[host]:port`` for an IPv6 address (which alone holds a colon)."""
+    if ":" in host and is_ip_literal(host):
+        return f"[{host}]:{port}"
     return f"{host}:{port}"
 
 

@@ -57,6 +57,9 @@ class Relay:
         self._upstream_eof = False
         self._ended = False
         self._idle = IdleTimer(clock, idle_timeout, lambda: self.close("idle timeout"))
+        #: Always False here: the client's transport closes once it has
+        #: written what it holds, which a client that never reads can delay.
+        self.closed_at_once = False
 
     def start(self) -> None:
         """Register the flow control both ways and arm the idle timer."""

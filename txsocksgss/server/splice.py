@@ -1,28 +1,33 @@
 """
 The zero-copy relay: bytes move socket -> pipe -> socket with os.splice,
-never through Python.
+never through Python (after the first few).
 
 Theory of operation.  When a tunnel carries no per-message protection and
 nothing is buffered on either side, the two TCP connections are taken away
 from their Twisted transports (which stop reading and writing) and given to
 one `_SpliceSocket` each, registered with the reactor for the same file
-descriptor.  Each direction has a pipe (created on its first byte, so an
-idle tunnel costs no pipe; it grows from the default 64 KiB to ``PIPE_SIZE``
-once a read fills it, so short connections pay no resize) and moves bytes
-in two steps:
+descriptor.  Each direction moves bytes in one of two ways:
 
-- the source is readable: splice(source -> pipe), then at once
-  splice(pipe -> destination) as far as the destination takes;
-- if the pipe still holds bytes, the destination is full: stop reading the
-  source and wait until the destination is writable, drain the pipe, then
-  read again.
+- copying, for its first ``COPY_LIMIT`` bytes: recv from the source, send
+  to the destination as far as it takes, keep the rest (at most one recv's
+  worth) and stop reading the source until the destination is writable and
+  has taken it.  Most tunnels are short (a request, an answer, the close);
+  for them a pipe would cost more system calls (pipe2, two splices, two
+  closes) than the bytes themselves.
+- splicing, from then on: a pipe (the default 64 KiB; it grows to
+  ``PIPE_SIZE`` once a read fills it) between the sockets; the source is
+  readable: splice(source -> pipe), then at once splice(pipe ->
+  destination) as far as the destination takes; if the pipe still holds
+  bytes, the destination is full: stop reading the source and wait until
+  the destination is writable, drain the pipe, then read again.
 
-That is producer/consumer flow control in the kernel: at most one pipe
-(``PIPE_SIZE``) is in flight per direction, whatever the speeds.  End of
-stream (splice returns 0) is passed on as shutdown(SHUT_WR) once the pipe is
-empty; the relay ends when both directions have ended, or at once on an
-error (reset) on either side.  Then the sockets are handed back to their
-transports, which close them and report connectionLost as usual.
+That is producer/consumer flow control: at most one recv (copying) or one
+pipe (``PIPE_SIZE``, in the kernel) is in flight per direction, whatever
+the speeds.  End of stream (a read of 0 bytes) is passed on as
+shutdown(SHUT_WR) once nothing is in flight; the relay ends when both
+directions have ended, or at once on an error (reset) on either side.  Then
+the sockets are handed back to their transports, which close them and
+report connectionLost as usual.
 
 `splice_available` says whether this platform and reactor can do it; the
 ordinary `txsocksgss.server.relay.Relay` is the fallback.
@@ -35,48 +40,72 @@ import os
 import socket
 from typing import Any, Callable
 
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.tcp import Connection
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsocksgss.server.idle import IdleTimer
 
-__all__ = ["SpliceRelay", "splice_available", "PIPE_SIZE"]
+__all__ = ["SpliceRelay", "splice_available", "plain_connection", "PIPE_SIZE", "COPY_LIMIT"]
 
 PIPE_SIZE = 1024 * 1024
+#: Bytes each direction copies through Python before it switches to a pipe.
+COPY_LIMIT = 64 * 1024
 _CHUNK = PIPE_SIZE
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _DEFAULT_PIPE = 64 * 1024
+# One shared reason, as the reactor itself does for every orderly close.
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+def plain_connection(transport: Any) -> Connection | None:
+    """
+    The socket connection (twisted.internet.tcp.Connection) that carries
+    ``transport``'s bytes unchanged, or None if something transforms them
+    on the way: TLS (an ``ssl:`` listener), or anything else that wraps the
+    connection.  A PROXY-protocol wrapper (``haproxy:``) only reads a header
+    before the session starts, so the connection under it counts.
+    """
+    if isinstance(transport, HAProxyProtocolWrapper):
+        transport = transport.transport
+    if isinstance(transport, Connection) and not getattr(transport, "TLS", False):
+        return transport
+    return None
 
 
 def splice_available(reactor: Any, *transports: Any) -> bool:
     """
     True if os.splice exists, ``reactor`` can watch raw descriptors, and each
-    transport is a plain TCP socket (not TLS, not a UNIX socket) with an
-    empty write buffer.
+    transport is a plain TCP socket (`plain_connection`: not TLS, not a
+    UNIX socket) with an empty write buffer.
     """
     if not hasattr(os, "splice") or not hasattr(reactor, "addReader"):
         return False
     for transport in transports:
-        sock = getattr(transport, "socket", None)
-        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        connection = plain_connection(transport)
+        if connection is None or connection.socket.family not in (socket.AF_INET, socket.AF_INET6):
             return False
-        if getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataLen", 0):
+        if connection.dataBuffer or connection._tempDataLen:
             return False
-        if getattr(transport, "producer", None) is not None or getattr(transport, "disconnecting", False):
+        if connection.producer is not None or connection.disconnecting:
             return False
     return True
 
 
 class _Direction:
-    """One way of the tunnel: ``source`` -> pipe -> ``target``."""
+    """One way of the tunnel: ``source`` -> (copy, or pipe) -> ``target``."""
 
     def __init__(self, relay: "SpliceRelay", name: str) -> None:
         self.relay = relay
         self.name = name
         self.source: _SpliceSocket = None  # type: ignore[assignment]
         self.target: _SpliceSocket = None  # type: ignore[assignment]
+        self.held = b""  # copied bytes the target has not taken yet
         self.pipe: tuple[int, int] | None = None
         self.in_pipe = 0
         self.moved = 0
@@ -99,7 +128,28 @@ class _Direction:
             pass  # the default size still works, more slowly
 
     def readable(self) -> None:
-        """The source has bytes (or EOF): move them into the pipe, then on."""
+        """The source has bytes (or EOF): move them on, copying or through the pipe."""
+        if self.moved < COPY_LIMIT:
+            self._copy()
+        else:
+            self._splice()
+
+    def _copy(self) -> None:
+        try:
+            data = self.source.sock.recv(COPY_LIMIT)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self.relay.failed(f"{self.name}: read: {os.strerror(error.errno or 0)}")
+            return
+        if not data:
+            self._sourceEnded()
+            return
+        self.held = data
+        self.relay.idle.active = True
+        self.writable()
+
+    def _splice(self) -> None:
         read_end, write_end = self._ensurePipe()
         try:
             count = os.splice(self.source.fd, write_end, _CHUNK, flags=_SPLICE_FLAGS)
@@ -109,10 +159,7 @@ class _Direction:
             self.relay.failed(f"{self.name}: read: {os.strerror(error.errno or 0)}")
             return
         if count == 0:
-            self.eof = True
-            self.source.stopReadingFor(self)
-            if self.in_pipe == 0:
-                self._finish()
+            self._sourceEnded()
             return
         self.in_pipe += count
         self.relay.idle.active = True
@@ -120,10 +167,26 @@ class _Direction:
             self._grow()
         self.writable()
 
+    def _sourceEnded(self) -> None:
+        self.eof = True
+        self.source.stopReadingFor(self)
+        if not self.held and self.in_pipe == 0:
+            self._finish()
+
     def writable(self) -> None:
-        """Drain the pipe into the target; pause the source while it is full."""
-        assert self.pipe is not None
+        """Pass on what is in flight; pause the source while the target is full."""
+        if self.held:
+            try:
+                count = self.target.sock.send(self.held)
+            except BlockingIOError:
+                count = 0
+            except OSError as error:
+                self.relay.failed(f"{self.name}: write: {os.strerror(error.errno or 0)}")
+                return
+            self.held = self.held[count:] if count < len(self.held) else b""
+            self.moved += count
         while self.in_pipe:
+            assert self.pipe is not None
             try:
                 count = os.splice(self.pipe[0], self.target.fd, self.in_pipe, flags=_SPLICE_FLAGS)
             except BlockingIOError:
@@ -133,7 +196,7 @@ class _Direction:
                 return
             self.in_pipe -= count
             self.moved += count
-        if self.in_pipe:
+        if self.held or self.in_pipe:
             self.source.stopReadingFor(self)
             self.target.startWritingFor(self)
             return
@@ -154,6 +217,7 @@ class _Direction:
         self.relay.directionDone()
 
     def close(self) -> None:
+        self.held = b""
         if self.pipe is not None:
             for fd in self.pipe:
                 os.close(fd)
@@ -227,6 +291,9 @@ class SpliceRelay:
         self.upstream = upstream
         self.reactor = reactor
         self.ended = False
+        #: True once the relay has ended by closing both connections itself
+        #: (see `_end`): the client cannot hold on to its connection after it.
+        self.closed_at_once = False
         self._onEnd = onEnd
         self.idle = IdleTimer(reactor, idle_timeout, lambda: self._end("idle timeout"))
         self._up = _Direction(self, "client->upstream")
@@ -274,12 +341,12 @@ class SpliceRelay:
 
     def directionDone(self) -> None:
         if self._up.done and self._down.done:
-            self._end("closed")
+            self._end("closed", at_once=True)
 
     def failed(self, why: str) -> None:
         self._end(f"reset ({why})", abort=True)
 
-    def _end(self, outcome: str, abort: bool = False) -> None:
+    def _end(self, outcome: str, abort: bool = False, at_once: bool = False) -> None:
         if self.ended:
             return
         self.ended = True
@@ -288,10 +355,21 @@ class SpliceRelay:
         self._upstream_socket.release()
         for direction in (self._up, self._down):
             direction.close()
+        # Both ways ended (``at_once``): each socket has sent its FIN and
+        # read the peer's, and the transports hold nothing, so there is
+        # nothing for loseConnection to wait for (a shut-down socket is
+        # always writable): close them now, as the reactor would on the
+        # next turn, instead of registering them for writing again.
+        # (Transports that are not file descriptors of the reactor's, such
+        # as a PROXY-protocol wrapper, are closed the ordinary way.)
+        at_once = at_once and all(isinstance(t, FileDescriptor) for t in (self.client, self.upstream))
+        self.closed_at_once = at_once
         self._onEnd(outcome)
         # Hand the sockets back: the transports close them and report it.
         for transport in (self.client, self.upstream):
             if abort:
                 transport.abortConnection()
+            elif at_once:
+                transport.connectionLost(_CONNECTION_DONE)
             else:
                 transport.loseConnection()
