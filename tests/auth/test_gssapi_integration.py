@@ -320,6 +320,32 @@ class TamperTests(GSSAPITestCase):
         self.assertTrue(data.endswith(bystander_body))
 
 
+class ExpiryTests(GSSAPITestCase):
+    @inlineCallbacks
+    def test_a_context_that_expires_mid_tunnel_ends_the_session_cleanly(self):
+        """Once the context has expired nothing more is wrapped: the session ends with the reason, no traceback."""
+        web = StreamCollector()
+        web_port = self.listen(Factory.forProtocol(lambda: web))
+        logs = self.captureLogs()
+        socks_port, factory = self.startGSSAPI(protection=("confidentiality",))
+        endpoint = self.endpoint(socks_port, "127.0.0.1", web_port)
+        connection = yield endpoint.establish(Factory.forProtocol(StreamCollector))
+        connection.protocol.transport.write(b"before")
+        yield web.waitFor(6)
+        web.transport.write(b"reply")
+        yield connection.protocol.waitFor(5)
+        [session] = factory.context.sessions
+        self.assertEqual(session.protection.engine, "openssl")
+        session.protection.codec.endtime = 0  # as if the ticket's lifetime had passed
+        web.transport.write(b"never wrapped")
+        yield connection.protocol.lost
+        self.assertEqual(connection.protocol.data, b"reply")
+        yield web.lost
+        [line] = [line for line in logs if "outcome=protection failure" in line]
+        self.assertIn("cannot protect more data: the security context has expired", line)
+        self.assertFalse([line for line in logs if "Traceback" in line or "Unhandled" in line], "\n".join(logs))
+
+
 NTLM_OID = "1.3.6.1.4.1.311.2.2.10"
 
 

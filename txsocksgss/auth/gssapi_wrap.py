@@ -107,6 +107,7 @@ class GSSAPIStreamProtection:
         before (1 after a wrapped protection-level message, 0 for NEC).
     :param engine: one of `WRAP_ENGINES`.
     :ivar engine: who computes the tokens: ``openssl`` or ``library``.
+    :ivar codec: the `TokenCodec` itself.
     """
 
     def __init__(self, context: Any, level: ProtectionLevel, received: int, engine: str = "auto") -> None:
@@ -115,9 +116,9 @@ class GSSAPIStreamProtection:
         self.level = level
         self.name = "confidentiality" if level == ProtectionLevel.CONFIDENTIALITY else "integrity"
         self._encrypt = level == ProtectionLevel.CONFIDENTIALITY
-        self._codec = token_codec(context, received, engine)
-        self.engine: str = self._codec.engine
-        self.max_chunk = self._codec.wrap_size_limit(MAX_TOKEN_LENGTH, self._encrypt)
+        self.codec = token_codec(context, received, engine)
+        self.engine: str = self.codec.engine
+        self.max_chunk = self.codec.wrap_size_limit(MAX_TOKEN_LENGTH, self._encrypt)
         if self.max_chunk <= 0:
             raise ValueError("the GSS-API mechanism cannot wrap any data in a 65535-byte token")
         # One whole frame (4 + 65535 bytes) may wait for its last byte.
@@ -170,7 +171,7 @@ class GSSAPIStreamProtection:
 
     def _wrap(self, data: bytes | memoryview) -> bytes:
         try:
-            return self._codec.wrap(data, self._encrypt)
+            return self.codec.wrap(data, self._encrypt)
         except TokenRejected as error:  # the context expired
             raise ProtectionFailed(f"cannot protect more data: {error}") from None
 
@@ -184,7 +185,7 @@ class GSSAPIStreamProtection:
         if frame.type != MessageType.ENCAPSULATION:
             raise ProtectionFailed(f"GSS-API frame of type {int(frame.type):#04x} where only 0x03 may come")
         try:
-            message, encrypted = self._codec.unwrap(frame.token, stream=stream)
+            message, encrypted = self.codec.unwrap(frame.token, stream=stream)
         except TokenRejected as error:
             raise ProtectionFailed(f"a protected token failed to verify: {error}") from None
         if self._encrypt and not encrypted:

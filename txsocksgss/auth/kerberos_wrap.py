@@ -265,6 +265,9 @@ class KerberosWrapCodec:
     """
 
     engine = "openssl"
+    #: When the context expires (seconds since the epoch): no token is made
+    #: or accepted after it.
+    endtime: float
 
     def __init__(
         self,
@@ -292,7 +295,7 @@ class KerberosWrapCodec:
         self.enctype = enctype
         self._send_seq = send_seq
         self._received = _ReceivedSequence(recv_seq)
-        self._endtime = endtime
+        self.endtime = endtime
         self._clock = clock
 
     @staticmethod
@@ -302,7 +305,7 @@ class KerberosWrapCodec:
         return max(0, max_token - overhead)
 
     def _check_time(self) -> None:
-        if self._clock() > self._endtime:
+        if self._clock() > self.endtime:
             raise TokenRejected("the security context has expired")
 
     def wrap(self, data: bytes | memoryview, conf: bool) -> bytes:

@@ -485,7 +485,7 @@ class SOCKS5ServerProtocol(Protocol):
             self.record.protection = str(level)
         if result.protection is not None:
             self.protection = result.protection
-            self.transport = ProtectedTransport(self.transport, result.protection)
+            self.transport = ProtectedTransport(self.transport, result.protection, self._protectionFailed)
             self.record.protection = result.protection.name
             if unused:
                 try:
@@ -511,7 +511,11 @@ class SOCKS5ServerProtocol(Protocol):
             )
 
     def _protectionFailed(self, error: ProtocolError) -> None:
-        """A protected token failed: nothing of it is delivered; the connection ends now."""
+        """
+        A token failed to verify (nothing of it is delivered), or data could
+        not be protected (the context expired; nothing of it is sent): the
+        connection ends now.
+        """
         if self._relay is not None:
             self._relay.close(f"protection failure: {error}")
             self.transport.abortConnection()  # type: ignore[union-attr]
