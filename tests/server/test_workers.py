@@ -87,3 +87,24 @@ class WorkerProcessTests(IntegrationTestCase):
         yield process.ended
         self.assertIn(b"worker 1 ended", process.output)
         self.assertNotIn(b"Traceback", process.output)
+
+
+class WorkerOutputTests(SynchronousTestCase):
+    """The master logs each line a worker writes once, whole, whatever the pipe reads cut."""
+
+    def test_lines_cut_by_pipe_reads_are_joined(self):
+        from twisted.logger import capturedLogs
+
+        from txsocksgss.server.workers import _WorkerProcess
+
+        worker = _WorkerProcess(1)
+        with capturedLogs() as events:
+            worker.childDataReceived(1, b"session client=127.0.0.1:5")
+            worker.childDataReceived(1, b"000 outcome=closed\nsecond line\nthi")
+            worker.childDataReceived(2, b"on stderr\n")
+            worker.childDataReceived(1, b"rd\n")
+            worker.childDataReceived(2, b"unfinished")
+            worker.childConnectionLost(2)
+        lines = [event["line"] for event in events]
+        self.assertEqual(lines, ["session client=127.0.0.1:5000 outcome=closed", "second line",
+                                 "on stderr", "third", "unfinished"])

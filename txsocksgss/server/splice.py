@@ -210,10 +210,14 @@ class _Direction:
         if self.done:
             return
         self.done = True
-        try:
-            self.target.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        # The last direction to end needs no shutdown when the relay closes
+        # both sockets at once right after: with both ends read to EOF,
+        # close() itself sends the FIN (and saves a system call per tunnel).
+        if not (self.relay.closes_at_once and self.relay.otherDirection(self).done):
+            try:
+                self.target.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         self.relay.directionDone()
 
     def close(self) -> None:
@@ -298,6 +302,9 @@ class SpliceRelay:
         self.idle = IdleTimer(reactor, idle_timeout, lambda: self._end("idle timeout"))
         self._up = _Direction(self, "client->upstream")
         self._down = _Direction(self, "upstream->client")
+        #: Whether the relay can close both connections itself when both
+        #: ways have ended (see `_end`).
+        self.closes_at_once = all(isinstance(t, FileDescriptor) for t in (client, upstream))
         self._client_socket = _SpliceSocket(self, client)
         self._upstream_socket = _SpliceSocket(self, upstream)
         self._up.source, self._up.target = self._client_socket, self._upstream_socket
@@ -339,6 +346,9 @@ class SpliceRelay:
     def close(self, outcome: str) -> None:
         self._end(outcome)
 
+    def otherDirection(self, direction: _Direction) -> _Direction:
+        return self._down if direction is self._up else self._up
+
     def directionDone(self) -> None:
         if self._up.done and self._down.done:
             self._end("closed", at_once=True)
@@ -362,7 +372,7 @@ class SpliceRelay:
         # next turn, instead of registering them for writing again.
         # (Transports that are not file descriptors of the reactor's, such
         # as a PROXY-protocol wrapper, are closed the ordinary way.)
-        at_once = at_once and all(isinstance(t, FileDescriptor) for t in (self.client, self.upstream))
+        at_once = at_once and self.closes_at_once
         self.closed_at_once = at_once
         self._onEnd(outcome)
         # Hand the sockets back: the transports close them and report it.

@@ -85,12 +85,18 @@ class _WorkerProcess(ProcessProtocol):
     def __init__(self, number: int) -> None:
         self.number = number
         self.ended: Deferred[None] = Deferred()
+        self._partial = {1: b"", 2: b""}  # per pipe: a line not finished yet
 
-    def outReceived(self, data: bytes) -> None:
-        for line in data.decode("utf-8", "replace").splitlines():
-            _log.info("worker {number}: {line}", number=self.number, line=line)
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        # A pipe read may end in the middle of a line: keep that part.
+        *lines, self._partial[fd] = (self._partial.get(fd, b"") + data).split(b"\n")
+        for line in lines:
+            _log.info("worker {number}: {line}", number=self.number, line=line.decode("utf-8", "replace"))
 
-    errReceived = outReceived
+    def childConnectionLost(self, fd: int) -> None:
+        rest = self._partial.pop(fd, b"")
+        if rest:
+            _log.info("worker {number}: {line}", number=self.number, line=rest.decode("utf-8", "replace"))
 
     def processEnded(self, reason: Any) -> None:
         _log.info("worker {number} ended: {why}", number=self.number, why=reason.getErrorMessage())
