@@ -4,7 +4,10 @@ port of 127.0.0.1 with no authentication ("none"), logging one line per
 session to a file in the work directory:
 
 - txsocksgss: ``twistd -n --pidfile= --logfile=FILE socksgss --listen
-  tcp:PORT:interface=127.0.0.1 --method none`` plus `Settings.proxy_args`;
+  tcp:PORT:interface=127.0.0.1 --method none --max-sessions-per-client 0``
+  plus `Settings.proxy_args` (every client of the harness is 127.0.0.1, and
+  the idle-tunnel test opens thousands: Dante's configuration has no such
+  cap either);
 - Dante: Debian's ``danted -N 1`` with a generated configuration
   (``log: disconnect`` on the session rule: one line per session, as ours);
 - microsocks: ``microsocks -i 127.0.0.1 -p PORT`` (it logs each CONNECT).
@@ -149,7 +152,8 @@ def start_txsocksgss(workdir: str, extra_args: Sequence[str] = (), method_args: 
     """``twistd -n socksgss`` on 127.0.0.1 with ``method_args`` and then ``extra_args``."""
     def command(port: int, log_path: str) -> list[str]:
         return [TWISTD, "-n", "--pidfile=", f"--logfile={log_path}", "socksgss",
-                "--listen", f"tcp:{port}:interface={LOOPBACK}", *method_args, *extra_args]
+                "--listen", f"tcp:{port}:interface={LOOPBACK}", "--max-sessions-per-client", "0",
+                *method_args, *extra_args]
 
     return _start(name, workdir, command, env)
 
