@@ -380,6 +380,10 @@ class SpliceRelay:
             if abort:
                 transport.abortConnection()
             elif at_once:
+                # Both ends have read EOF and sent FIN: Twisted's shutdown(2)
+                # before close() (its own comment calls it unnecessary) would
+                # be one more system call per socket.
+                transport._shouldShutdown = False
                 transport.connectionLost(_CONNECTION_DONE)
             else:
                 transport.loseConnection()
