@@ -107,6 +107,25 @@ class ServerConversationTests(SynchronousTestCase):
         self.assertEqual(step.send, frame(MessageType.PROTECTION, b"\x01"))
         self.assertTrue(step.result.identity.attributes["nec"])
 
+    def test_protection_engine_and_first_sequence_after_each_kind_of_level_message(self):
+        """
+        The OpenSSL codec starts from the level message's sequence number
+        (wrapped) or the context's first (NEC with Kerberos); NEC under
+        SPNEGO, where mechListMIC tokens may have used numbers, stays with
+        the library.  Each time the client's next token is accepted.
+        """
+        for mech, nec, engine in (("krb5", False, "openssl"), ("spnego", False, "openssl"),
+                                  ("krb5", True, "openssl"), ("spnego", True, "library")):
+            pair = Pair(mech=mech, nec=nec, protection=(ProtectionLevel.INTEGRITY,))
+            pair.establish()
+            step = pair.level(ProtectionLevel.INTEGRITY, wrapped=not nec)
+            protection = step.result.protection
+            self.assertEqual(protection.engine, engine, (mech, nec))
+            data = frame(MessageType.ENCAPSULATION, pair.client.wrap(b"first", False).message)
+            self.assertEqual(protection.unprotect(data), b"first", (mech, nec))
+            answer = protection.protect(b"answer")[4:]
+            self.assertEqual(pair.client.unwrap(answer).message, b"answer", (mech, nec))
+
     def test_garbage_context_token_aborts(self):
         pair = Pair()
         step = pair.server.receive(frame(MessageType.AUTHENTICATION, b"\x60\x03\x06\x01\x00"))

@@ -28,6 +28,7 @@ from txsocksgss.auth.kerberos_wrap import (
     cts_encrypt,
     derive_key,
     n_fold,
+    wrap_token_sequence,
 )
 from txsocksgss.wire.gssapi import GSSAPIFrame, MessageType, ProtectionLevel
 
@@ -54,10 +55,10 @@ def context_pair(mech: str = KRB5, mutual: bool = True) -> tuple[object, object]
     return initiator, acceptor
 
 
-def ours_and_theirs(our_role: str, received: int = 0) -> tuple[KerberosWrapCodec, object]:
+def ours_and_theirs(our_role: str) -> tuple[KerberosWrapCodec, object]:
     initiator, acceptor = context_pair()
     mine, theirs = (initiator, acceptor) if our_role == "initiator" else (acceptor, initiator)
-    codec = codec_from_context(mine, received)
+    codec = codec_from_context(mine, None)
     assert codec is not None
     return codec, theirs
 
@@ -152,7 +153,7 @@ class AgainstMITTests(SynchronousTestCase):
     def test_without_mutual_authentication_the_context_key_protects(self):
         """No AP-REP, so no acceptor subkey: tokens carry no AcceptorSubkey flag."""
         initiator, acceptor = context_pair(mutual=False)
-        codec = codec_from_context(acceptor, 0)
+        codec = codec_from_context(acceptor, None)
         assert codec is not None
         token = codec.wrap(b"no subkey", True)
         self.assertEqual(token[2], 0x01 | 0x02)
@@ -216,11 +217,34 @@ class AgainstMITTests(SynchronousTestCase):
         level_message = initiator.wrap(b"\x02", False).message
         # (MIT's unwrap of a signed token zeroes EC and RRC in its input buffer: give it a copy.)
         self.assertEqual(acceptor.unwrap(bytes(bytearray(level_message))).message, b"\x02")
-        codec = codec_from_context(acceptor, received=1)
+        codec = codec_from_context(acceptor, wrap_token_sequence(level_message) + 1)
         assert codec is not None
         following = initiator.wrap(b"GET /", True).message
         self.assertIn("before this session", str(self.assertRaises(TokenRejected, codec.unwrap, level_message)))
         self.assertEqual(codec.unwrap(following), (b"GET /", True))
+
+    def test_sequence_numbers_used_by_mics_before_the_export_are_skipped(self):
+        """
+        SPNEGO's mechListMIC (gss_get_mic on the Kerberos context) uses a
+        sequence number: the next one expected comes from the level
+        message's header, not from counting Wrap tokens.
+        """
+        initiator, acceptor = context_pair()
+        acceptor.verify_signature(b"mechList", initiator.get_signature(b"mechList"))
+        initiator.verify_signature(b"mechList", acceptor.get_signature(b"mechList"))
+        level_message = initiator.wrap(b"\x02", False).message
+        sequence = wrap_token_sequence(level_message)
+        self.assertEqual(acceptor.unwrap(bytes(bytearray(level_message))).message, b"\x02")
+        codec = codec_from_context(acceptor, sequence + 1)
+        assert codec is not None
+        self.assertRaises(TokenRejected, codec.unwrap, level_message)
+        self.assertEqual(codec.unwrap(initiator.wrap(b"first data", True).message), (b"first data", True))
+        self.assertEqual(initiator.unwrap(codec.wrap(b"answer", True)).message, b"answer")
+
+    def test_a_next_sequence_before_the_first_is_refused(self):
+        initiator, acceptor = context_pair()
+        first = wrap_token_sequence(initiator.wrap(b"x", True).message)
+        self.assertRaises(TokenRejected, codec_from_context, acceptor, first - 1)
 
     def test_datagrams_may_be_late_but_not_repeated(self):
         codec, theirs = ours_and_theirs("acceptor")
@@ -236,7 +260,7 @@ class AgainstMITTests(SynchronousTestCase):
     def test_an_expired_context_neither_wraps_nor_unwraps(self):
         initiator, acceptor = context_pair()
         now = [0.0]
-        codec = codec_from_context(acceptor, 0, clock=lambda: now[0])
+        codec = codec_from_context(acceptor, None, clock=lambda: now[0])
         assert codec is not None
         token = initiator.wrap(b"late", True).message
         self.assertEqual(codec.unwrap(token), (b"late", True))
@@ -267,7 +291,7 @@ class SelectionTests(SynchronousTestCase):
 
     def test_kerberos_gets_openssl_and_the_library_forgets_the_context(self):
         initiator, acceptor = context_pair()
-        codec = token_codec(acceptor, 0)
+        codec = token_codec(acceptor, None)
         self.assertEqual(codec.engine, "openssl")
         self.assertRaises(gssapi.exceptions.GSSError, acceptor.wrap, b"x", True)
         self.assertEqual(codec.unwrap(initiator.wrap(b"hi", True).message), (b"hi", True))
@@ -275,22 +299,22 @@ class SelectionTests(SynchronousTestCase):
     def test_spnego_over_kerberos_gets_openssl(self):
         initiator, acceptor = context_pair(SPNEGO)
         self.assertEqual(acceptor.mech.dotted_form, KRB5)
-        codec = token_codec(acceptor, 0)
+        codec = token_codec(acceptor, None)
         self.assertEqual(codec.engine, "openssl")
         self.assertEqual(initiator.unwrap(codec.wrap(b"negotiated", True)).message, b"negotiated")
 
     def test_the_library_engine_leaves_the_context_to_the_library(self):
         initiator, acceptor = context_pair()
-        codec = token_codec(acceptor, 0, "library")
+        codec = token_codec(acceptor, None, "library")
         self.assertIsInstance(codec, LibraryTokenCodec)
         self.assertEqual(codec.unwrap(initiator.wrap(b"hi", True).message), (b"hi", True))
         self.assertRaises(TokenRejected, codec.unwrap, b"\x05\x04junk")
-        self.assertRaises(ValueError, token_codec, acceptor, 0, "fastest")
+        self.assertRaises(ValueError, token_codec, acceptor, None, "fastest")
 
     def test_level_2_refuses_a_signed_token_from_either_codec(self):
         for engine in ("auto", "library"):
             initiator, acceptor = context_pair()
-            protection = GSSAPIStreamProtection(acceptor, ProtectionLevel.CONFIDENTIALITY, 0, engine)
+            protection = GSSAPIStreamProtection(acceptor, ProtectionLevel.CONFIDENTIALITY, None, engine)
             frame = GSSAPIFrame(MessageType.ENCAPSULATION, initiator.wrap(b"plain", False).message).serialize()
             error = self.assertRaises(ProtectionFailed, protection.unprotect, frame)
             self.assertIn("without confidentiality", str(error))
@@ -298,8 +322,8 @@ class SelectionTests(SynchronousTestCase):
     def test_stream_protection_round_trip_with_each_engine(self):
         for engine, expected in (("auto", "openssl"), ("library", "library")):
             initiator, acceptor = context_pair()
-            server = GSSAPIStreamProtection(acceptor, ProtectionLevel.CONFIDENTIALITY, 0, engine)
-            client = GSSAPIStreamProtection(initiator, ProtectionLevel.CONFIDENTIALITY, 0, engine)
+            server = GSSAPIStreamProtection(acceptor, ProtectionLevel.CONFIDENTIALITY, None, engine)
+            client = GSSAPIStreamProtection(initiator, ProtectionLevel.CONFIDENTIALITY, None, engine)
             self.assertEqual((server.engine, client.engine), (expected, expected))
             data = os.urandom(200_000)
             wire = client.protect(data)

@@ -207,6 +207,32 @@ class UDPAssociateTests(IntegrationTestCase):
         self.assertEqual(stranger.received, [])
 
 
+    @inlineCallbacks
+    def test_a_bad_datagram_does_not_fix_the_client_port(self):
+        """
+        Declared port 0: the first datagram that parses (and verifies, under
+        GSS-API) fixes the client's port, not junk sent first from the same host.
+        """
+        echo_port = self.listenUDP(EchoUDP())
+        udp_client = _UDPClient()
+        self.listenUDP(udp_client)
+        stranger = _UDPClient()
+        self.listenUDP(stranger)
+        socks_port, factory = self.startSOCKS()
+        client = yield self.connectScripted(socks_port, Request(Command.UDP_ASSOCIATE, Address.of("0.0.0.0", 0)))
+        reply = yield client.reply(0)
+        relay = (reply.bound.host, reply.bound.port)
+        [session] = factory.context.sessions
+        handler = session._command_handler
+        stranger.transport.write(b"\x00\x00\x07 not a SOCKS datagram", relay)
+        answer = udp_client.next()
+        udp_client.transport.write(UDPDatagram(0, Address.of("127.0.0.1", echo_port), b"mine").serialize(), relay)
+        data = yield answer
+        self.assertEqual(parse_udp_datagram(data).data, b"echo:mine")
+        self.assertEqual(handler.dropped, 1)
+        self.assertEqual(stranger.received, [])
+
+
 @implementer(IPushProducer)
 class _FastSender(Protocol):
     """Writes ``total`` bytes as fast as its transport lets it, honouring pauses."""

@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity, SessionInfo
 from txsocksgss.auth.gssapi_wrap import WRAP_ENGINES, GSSAPIStreamProtection
+from txsocksgss.auth.kerberos_wrap import wrap_token_sequence
 from txsocksgss.errors import ConfigError, ProtocolError
 from txsocksgss.interfaces import (
     IClientAuthenticator,
@@ -338,6 +339,8 @@ class _GSSAPIServerConversation:
         if frame.type != MessageType.PROTECTION:
             raise _Refused(f"expected the protection level (MTYP 02), got MTYP {int(frame.type):#04x}")
         nec = self._settings.nec and len(frame.token) == 1
+        # Read before unwrap, which rewrites parts of the buffer it is given.
+        level_sequence = None if nec else wrap_token_sequence(frame.token)
         octet = frame.token if nec else bytes(self._context.unwrap(frame.token).message)
         if len(octet) != 1:
             raise _Refused(f"the protection-level message holds {len(octet)} octets, not 1")
@@ -352,8 +355,12 @@ class _GSSAPIServerConversation:
         principal = _display_name(self._context.initiator_name)
         inner_mechanism = self._context.mech.dotted_form
         # Last use of the context: the OpenSSL codec has the library delete it.
-        protection = (None if answer == ProtectionLevel.CLEAR
-                      else GSSAPIStreamProtection(self._context, answer, 0 if nec else 1, self._settings.wrap))
+        try:
+            protection = (None if answer == ProtectionLevel.CLEAR
+                          else _protection(self._context, answer, level_sequence, nec, self._mechanism,
+                                           self._settings.wrap))
+        except ProtocolError as error:
+            raise _Refused(f"cannot protect the session: {error}") from None
         self._context = None
         identity = Identity(
             AuthMethod.GSSAPI,
@@ -380,6 +387,23 @@ class _GSSAPIServerConversation:
             agreed=level_name(answer),
         )
         return AuthResult.success(identity, protection)
+
+
+def _protection(context: Any, level: ProtectionLevel, level_sequence: int | None, nec: bool,
+                mechanism: str | None, wrap: str) -> GSSAPIStreamProtection:
+    """
+    The stream protection once the level is agreed.  The OpenSSL codec must
+    know the sequence number of the peer's next token: one more than that
+    of the level message; with NEC there is none, and under SPNEGO the
+    mechListMIC tokens may have used numbers nobody counted, so that case
+    (and a level message that is not an RFC 4121 token) stays with the
+    library, which keeps its own count.
+    """
+    if nec:
+        return GSSAPIStreamProtection(context, level, None, "library" if mechanism == "spnego" else wrap)
+    if level_sequence is None:
+        return GSSAPIStreamProtection(context, level, None, "library")
+    return GSSAPIStreamProtection(context, level, level_sequence + 1, wrap)
 
 
 class _Refused(Exception):
@@ -572,6 +596,8 @@ class _GSSAPIClientConversation:
     def _levelAnswer(self, frame: GSSAPIFrame) -> AuthStep:
         if frame.type != MessageType.PROTECTION:
             return self._fail(f"expected the proxy's protection level, got MTYP {int(frame.type):#04x}")
+        # Read before unwrap, which rewrites parts of the buffer it is given.
+        level_sequence = None if self._settings.nec else wrap_token_sequence(frame.token)
         try:
             octet = frame.token if self._settings.nec else bytes(self._context.unwrap(frame.token).message)
         except GSSError as error:
@@ -593,8 +619,12 @@ class _GSSAPIClientConversation:
                 "service": self._target,
             },
         )
-        protection = (None if level == ProtectionLevel.CLEAR
-                      else GSSAPIStreamProtection(self._context, level, 0 if self._settings.nec else 1, self._settings.wrap))
+        try:
+            protection = (None if level == ProtectionLevel.CLEAR
+                          else _protection(self._context, level, level_sequence, self._settings.nec,
+                                           self._settings.mechanism, self._settings.wrap))
+        except ProtocolError as error:
+            return self._fail(f"cannot protect the session: {error}")
         self._context = None
         self._stage = _Stage.DONE
         return AuthStep(result=AuthResult.success(identity, protection), unused=self._buffer.take_all())

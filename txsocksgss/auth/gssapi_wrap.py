@@ -82,15 +82,20 @@ class LibraryTokenCodec:
         return bytes(result.message), bool(result.encrypted)
 
 
-def token_codec(context: Any, received: int, engine: str = "auto") -> Any:
+def token_codec(context: Any, next_peer_sequence: int | None, engine: str = "auto") -> Any:
     """
     The fastest `TokenCodec` for an established context (see
-    `WRAP_ENGINES`); ``received``: how many of the peer's tokens the
-    context has unwrapped so far.
+    `WRAP_ENGINES`); ``next_peer_sequence`` as for
+    `txsocksgss.auth.kerberos_wrap.codec_from_context`.
+
+    :raise ProtectionFailed: the context was exported but cannot be used.
     """
     if engine not in WRAP_ENGINES:
         raise ValueError(f"unknown wrap engine {engine!r}; known: {', '.join(WRAP_ENGINES)}")
-    codec = codec_from_context(context, received) if engine == "auto" else None
+    try:
+        codec = codec_from_context(context, next_peer_sequence) if engine == "auto" else None
+    except TokenRejected as error:
+        raise ProtectionFailed(str(error)) from None
     return codec if codec is not None else LibraryTokenCodec(context)
 
 
@@ -103,20 +108,23 @@ class GSSAPIStreamProtection:
         OpenSSL codec the library deletes it here: read what you need from
         it (names, mechanism) before.
     :param level: `ProtectionLevel.INTEGRITY` or `ProtectionLevel.CONFIDENTIALITY`.
-    :param received: how many of the peer's tokens ``context`` unwrapped
-        before (1 after a wrapped protection-level message, 0 for NEC).
+    :param next_peer_sequence: the sequence number of the peer's next
+        token: one more than that of the protection-level message the
+        library unwrapped (`txsocksgss.auth.kerberos_wrap.wrap_token_sequence`),
+        or None when the library unwrapped none (NEC).
     :param engine: one of `WRAP_ENGINES`.
     :ivar engine: who computes the tokens: ``openssl`` or ``library``.
     :ivar codec: the `TokenCodec` itself.
     """
 
-    def __init__(self, context: Any, level: ProtectionLevel, received: int, engine: str = "auto") -> None:
+    def __init__(self, context: Any, level: ProtectionLevel, next_peer_sequence: int | None,
+                 engine: str = "auto") -> None:
         if level not in (ProtectionLevel.INTEGRITY, ProtectionLevel.CONFIDENTIALITY):
             raise ValueError(f"no per-message protection at level {level!r}")
         self.level = level
         self.name = "confidentiality" if level == ProtectionLevel.CONFIDENTIALITY else "integrity"
         self._encrypt = level == ProtectionLevel.CONFIDENTIALITY
-        self.codec = token_codec(context, received, engine)
+        self.codec = token_codec(context, next_peer_sequence, engine)
         self.engine: str = self.codec.engine
         self.max_chunk = self.codec.wrap_size_limit(MAX_TOKEN_LENGTH, self._encrypt)
         if self.max_chunk <= 0:

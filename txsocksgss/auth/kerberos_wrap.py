@@ -29,7 +29,13 @@ MAC is compared in constant time before anything else is believed, a
 sealed token's encrypted copy of the header must match the header, and
 sequence numbers are checked after the MAC: a stream token must be the
 next one (a token removed from the stream is detected), datagrams may
-arrive out of order within a window of 64 but never twice.
+arrive out of order within a window of 64 but never twice.  Datagrams and
+the stream share the numbers (RFC 1961 wraps both with the one context),
+and a lost datagram leaves a gap nobody can tell from a removed token:
+once datagrams have come, a stream token need only be newer than every
+token seen.  In a UDP association the TCP connection carries nothing after
+the reply (both our server and our client ignore anything there), so this
+costs no protection in practice.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ __all__ = [
     "KerberosWrapCodec",
     "TokenRejected",
     "codec_from_context",
+    "wrap_token_sequence",
     "n_fold",
     "derive_key",
     "cts_encrypt",
@@ -400,8 +407,15 @@ def session_enctype(context: Any) -> int | None:
     return encoded[0]
 
 
+def wrap_token_sequence(token: bytes) -> int | None:
+    """The sequence number in the header of an RFC 4121 Wrap token, or None if it is not one."""
+    if len(token) < HEADER_LENGTH or token[:2] != TOK_ID_WRAP or token[3] != FILLER:
+        return None
+    return int.from_bytes(token[8:16], "big")
+
+
 def codec_from_context(
-    context: Any, received: int, clock: Callable[[], float] = time.time
+    context: Any, next_peer_sequence: int | None, clock: Callable[[], float] = time.time
 ) -> KerberosWrapCodec | None:
     """
     A `KerberosWrapCodec` for an established python-gssapi context when it
@@ -409,17 +423,25 @@ def codec_from_context(
     and the context is left as it was.  On success the library has deleted
     ``context``: it must not be used again.
 
-    :param received: how many Wrap tokens of the peer the library unwrapped
-        with this context so far.  MIT's lucid context reports the *first*
-        sequence number the peer used (its replay window is internal), so
-        the next one expected is that plus ``received``.
+    :param next_peer_sequence: the sequence number the peer's next token
+        must carry: one more than that of the last per-message token of the
+        peer the library processed (the header of a Wrap token tells it,
+        `wrap_token_sequence`); None when the library processed none, and
+        then it is the first the peer uses, which the lucid context tells.
+        (MIT's lucid context reports only that first one: its replay window
+        is internal.  SPNEGO's mechListMIC uses numbers too, so counting
+        tokens is not enough.)
+    :raise TokenRejected: the export succeeded (the library context is
+        gone) but its content cannot be used.
     """
+    try:
+        from gssapi.exceptions import GSSError
+        from gssapi.raw.ext_krb5 import krb5_export_lucid_sec_context
+    except ImportError:  # python-gssapi built without the Kerberos extensions
+        return None
     enctype = session_enctype(context)
     if enctype not in _KEY_LENGTHS:
         return None
-    from gssapi.exceptions import GSSError
-    from gssapi.raw.ext_krb5 import krb5_export_lucid_sec_context
-
     try:
         lucid: Any = krb5_export_lucid_sec_context(context, 1)
     except GSSError:
@@ -431,13 +453,19 @@ def codec_from_context(
         key, key_type, subkey = bytes(keys.acceptor_subkey), keys.acceptor_subkey_type, True
     else:
         key, key_type, subkey = bytes(keys.ctx_key), keys.ctx_key_type, False
-    return KerberosWrapCodec(
-        key,
-        key_type,
-        initiator=bool(lucid.is_initiator),
-        acceptor_subkey=subkey,
-        send_seq=lucid.send_seq,
-        recv_seq=lucid.recv_seq + received,
-        endtime=lucid.endtime,
-        clock=clock,
-    )
+    first = lucid.recv_seq if next_peer_sequence is None else next_peer_sequence
+    if first < lucid.recv_seq:
+        raise TokenRejected(f"the peer's next sequence number {first} is before its first, {lucid.recv_seq}")
+    try:
+        return KerberosWrapCodec(
+            key,
+            key_type,
+            initiator=bool(lucid.is_initiator),
+            acceptor_subkey=subkey,
+            send_seq=lucid.send_seq,
+            recv_seq=first,
+            endtime=lucid.endtime,
+            clock=clock,
+        )
+    except ValueError as error:
+        raise TokenRejected(f"the exported Kerberos context cannot be used: {error}") from None

@@ -159,8 +159,6 @@ class UDPAssociateCommand:
         if host != self._client_host or (self._client_port is not None and port != self._client_port):
             self._drop("from {source}: not the associated client", source=f"{host}:{port}")
             return
-        self._client_port = port
-        self._idle.active = True
         if self.protection is not None:
             try:
                 data = self.protection.unprotectDatagram(data)
@@ -172,6 +170,10 @@ class UDPAssociateCommand:
         except ProtocolError as error:
             self._drop("malformed datagram: {error}", error=error)
             return
+        # Only a datagram that verified and parsed fixes the client's port:
+        # a forged one from the client's host cannot take the association.
+        self._client_port = port
+        self._idle.active = True
         if datagram.frag != 0:
             self._drop("fragment {frag} (fragmentation is not supported)", frag=datagram.frag)
             return
@@ -236,7 +238,11 @@ class UDPAssociateCommand:
         self._idle.active = True
         packet = UDPDatagram(0, Address.of(source[0], source[1]), data).serialize()
         if self.protection is not None:
-            packet = self.protection.protectDatagram(packet)
+            try:
+                packet = self.protection.protectDatagram(packet)
+            except ProtocolError as error:  # too large to wrap, or the context expired
+                self._drop("cannot protect it: {error}", error=error)
+                return
         self.bytes_to_client += len(data)
         self._client_side.write(packet, (self._client_host, self._client_port))
 
