@@ -313,8 +313,7 @@ def _count(client, data):
 
 
 def _buffered(transport) -> int:
-    # A spliced upstream may have no Twisted transport at all (DirectUpstream): it buffers nothing.
-    return len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+    return len(transport.dataBuffer) + transport._tempDataLen
 
 
 class UDPNameFailureTests(IntegrationTestCase):

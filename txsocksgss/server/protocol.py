@@ -38,7 +38,6 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet import error as ierror
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHostnameResolver
-from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,7 +53,6 @@ from txsocksgss.interfaces import (
     IStreamProtection,
 )
 from txsocksgss.protection import ProtectedTransport
-from txsocksgss.server.direct import DirectConnector, DirectUpstream
 from txsocksgss.server.guard import DestinationGuard
 from txsocksgss.server.limits import Refusal, RefusalLog, SessionLimits, SessionTicket
 from txsocksgss.server.outbound import DestinationUnresolved, ip_literal, is_ip_literal, reply_code_for, resolve
@@ -193,7 +191,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._auth_backlog = b""
         self._negotiation_timer: IDelayedCall | None = None
         self._pending: Deferred[Any] | None = None
-        self._outgoing: _OutgoingConnection | DirectConnector | None = None
+        self._outgoing: _OutgoingConnection | None = None
         self._command_handler: Any = None
         self._relay: Relay | SpliceRelay | None = None
         self.record: SessionRecord | None = None
@@ -647,54 +645,8 @@ class SOCKS5ServerProtocol(Protocol):
         # The negotiation timer (started earlier) bounds the attempt; the
         # reactor's own connect timeout is only needed when it is longer.
         timeout = _CONNECT_TIMEOUT if self.context.negotiation_timeout > _CONNECT_TIMEOUT else None
-        if self._willSplice():
-            self._outgoing = DirectConnector(self.context.reactor, allowed, destination.port, timeout,
-                                             self._directConnected, self._commandFailed)
-            self._outgoing.start()
-            return
         self._outgoing = _OutgoingConnection(self, allowed, destination.port, timeout)
         self._outgoing.tryNext()
-
-    def _willSplice(self) -> bool:
-        """
-        Whether the tunnel is to be spliced, as far as is known before the
-        connect: then the connect needs no Twisted transport (`DirectConnector`).
-        """
-        return (
-            self.context.splice
-            and self.protection is None
-            and isinstance(self.context.reactor, PosixReactorBase)
-            and splice_available(self.context.reactor, self.transport)
-        )
-
-    def _directConnected(self, upstream: DirectUpstream) -> None:
-        """
-        The lean connect succeeded: reply and splice; if the session cannot
-        be spliced after all (the client sent data before the reply, say),
-        give the socket to Twisted and relay the ordinary way.
-        """
-        self._outgoing = None
-        if self.state is not SessionState.COMMAND:
-            upstream.loseConnection()
-            return
-        assert self.transport is not None
-        bound = upstream.getHost()
-        self._cancelNegotiationTimer()
-        self.state = SessionState.RELAYING
-        early = self._buffer.take_all()
-        splice = not early and splice_available(self.context.reactor, self.transport)
-        reply = self._reply(ReplyCode.SUCCEEDED, _address_of(bound.host, bound.port))
-        if _writeNow(self.transport, reply) and splice:
-            relay = SpliceRelay(self.transport, upstream, self.context.reactor,
-                                self.context.idle_timeout, self._relayEnded)
-            self._relay = relay
-            relay.start()
-            return
-        adopted = UpstreamProtocol()
-        upstream.adopt(self.context.reactor, adopted)
-        assert adopted.transport is not None
-        self._relayWith(Relay(self.transport, adopted.transport, self.context.reactor,
-                              self.context.idle_timeout, self._relayEnded), early, adopted)
 
     def upstreamConnected(self, upstream: UpstreamProtocol) -> None:
         """The CONNECT's outgoing connection is up: reply and relay (`_OutgoingConnection` calls this)."""
@@ -766,10 +718,6 @@ class SOCKS5ServerProtocol(Protocol):
         else:
             relay = Relay(self.transport, upstream.transport, self.context.reactor,
                           self.context.idle_timeout, self._relayEnded)
-        self._relayWith(relay, early, upstream)
-
-    def _relayWith(self, relay: Relay | SpliceRelay, early: bytes, upstream: UpstreamProtocol) -> None:
-        """Start ``relay``, pass on the client's ``early`` bytes, and attach ``upstream`` to it."""
         self._relay = relay
         relay.start()
         if early:

@@ -48,7 +48,6 @@ from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsocksgss.server.direct import DirectUpstream
 from txsocksgss.server.idle import IdleTimer
 
 __all__ = ["SpliceRelay", "splice_available", "plain_connection", "PIPE_SIZE", "COPY_LIMIT"]
@@ -286,8 +285,7 @@ class _SpliceSocket:
 class SpliceRelay:
     """
     The splice tunnel between the ``client`` and ``upstream`` transports (see
-    the module docstring); ``upstream`` may also be a
-    `txsocksgss.server.direct.DirectUpstream`, a socket with no transport.  Same surface as `txsocksgss.server.relay.Relay`
+    the module docstring).  Same surface as `txsocksgss.server.relay.Relay`
     for the session: counters, `close`, and ``onEnd(outcome)`` called once.
     """
 
@@ -306,7 +304,7 @@ class SpliceRelay:
         self._down = _Direction(self, "upstream->client")
         #: Whether the relay can close both connections itself when both
         #: ways have ended (see `_end`).
-        self.closes_at_once = all(isinstance(t, (FileDescriptor, DirectUpstream)) for t in (client, upstream))
+        self.closes_at_once = all(isinstance(t, FileDescriptor) for t in (client, upstream))
         self._client_socket = _SpliceSocket(self, client)
         self._upstream_socket = _SpliceSocket(self, upstream)
         self._up.source, self._up.target = self._client_socket, self._upstream_socket
