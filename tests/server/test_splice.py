@@ -287,6 +287,16 @@ class CopyPhaseTests(IntegrationTestCase):
         client, session, socks = yield self.tunnel()
         relay = session.relay
         self.assertIsInstance(relay, SpliceRelay)
+        # The sockets close on the reactor's next turn, not while it may still
+        # hold events of the same batch for one of them (see SpliceRelay._end).
+        still_open = []
+        ended = relay._onEnd
+
+        def onEnd(outcome):
+            still_open.append((relay.client.connected, relay.upstream.connected))
+            ended(outcome)
+
+        relay._onEnd = onEnd
         client.transport.write(b"ping")
         yield client.waitForData(4)
         self.assertEqual(client.data, b"ping")
@@ -294,6 +304,8 @@ class CopyPhaseTests(IntegrationTestCase):
         client.transport.loseWriteConnection()
         yield client.lost
         yield socks.context.whenDrained()
+        self.assertEqual(still_open, [(1, 1)])
+        self.assertEqual((relay.client.connected, relay.upstream.connected), (0, 0))
         self.assertEqual(session.record.outcome, "closed")
         self.assertEqual((session.record.bytes_from_client, session.record.bytes_to_client), (4, 4))
         self.assertTrue(relay.closed_at_once)

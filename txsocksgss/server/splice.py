@@ -113,9 +113,14 @@ class _Direction:
         self.done = False
         self.grown = False
 
-    def _ensurePipe(self) -> tuple[int, int]:
+    def _ensurePipe(self) -> tuple[int, int] | None:
+        """The direction's pipe, created on first use; None (and the relay reset) if there are no descriptors left."""
         if self.pipe is None:
-            self.pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                self.pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as error:
+                self.relay.failed(f"{self.name}: pipe: {os.strerror(error.errno or 0)}")
+                return None
         return self.pipe
 
     def _grow(self) -> None:
@@ -150,7 +155,10 @@ class _Direction:
         self.writable()
 
     def _splice(self) -> None:
-        read_end, write_end = self._ensurePipe()
+        pipe = self._ensurePipe()
+        if pipe is None:
+            return
+        write_end = pipe[1]
         try:
             count = os.splice(self.source.fd, write_end, _CHUNK, flags=_SPLICE_FLAGS)
         except BlockingIOError:
@@ -368,22 +376,32 @@ class SpliceRelay:
         # Both ways ended (``at_once``): each socket has sent its FIN and
         # read the peer's, and the transports hold nothing, so there is
         # nothing for loseConnection to wait for (a shut-down socket is
-        # always writable): close them now, as the reactor would on the
-        # next turn, instead of registering them for writing again.
-        # (Transports that are not file descriptors of the reactor's, such
-        # as a PROXY-protocol wrapper, are closed the ordinary way.)
+        # always writable): close them on the next turn of the reactor, with
+        # one timer, instead of registering each for writing again.  Not
+        # now: the reactor may still hold an event of this batch for the
+        # other socket, and a descriptor number freed in the middle of a
+        # batch can be taken by a socket accepted later in it, which would
+        # then receive that stale event.  (Transports that are not file
+        # descriptors of the reactor's, such as a PROXY-protocol wrapper,
+        # are closed the ordinary way.)
         at_once = at_once and self.closes_at_once
         self.closed_at_once = at_once
         self._onEnd(outcome)
         # Hand the sockets back: the transports close them and report it.
+        if at_once:
+            self.reactor.callLater(0, self._closeBoth)
+            return
         for transport in (self.client, self.upstream):
             if abort:
                 transport.abortConnection()
-            elif at_once:
+            else:
+                transport.loseConnection()
+
+    def _closeBoth(self) -> None:
+        for transport in (self.client, self.upstream):
+            if transport.connected:
                 # Both ends have read EOF and sent FIN: Twisted's shutdown(2)
                 # before close() (its own comment calls it unnecessary) would
                 # be one more system call per socket.
                 transport._shouldShutdown = False
                 transport.connectionLost(_CONNECTION_DONE)
-            else:
-                transport.loseConnection()
