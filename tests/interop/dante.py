@@ -66,9 +66,12 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from tests.interop import netns
 from tests.interop.netns import WatchedProcess
+from tests.support import IntegrationTestCase, require_program
 
 __all__ = [
+    "GSSAPINamespaceRig",
     "DANTE_GSSAPI_PREFIX",
     "BUILD_SCRIPT",
     "DanteBuild",
@@ -436,3 +439,55 @@ class Sockd:
         """Fires once sockd has logged a ``command`` line with ``marker`` ("[", "]" or "-")."""
         pattern = re.compile(rf"pass\(\d+\): (?:tcp|udp)/{re.escape(command)} {re.escape(marker)}: ")
         return self.process.waitFor(pattern, timeout)
+
+
+class GSSAPINamespaceRig(IntegrationTestCase):
+    """
+    What every test of Dante's GSS-API build needs: the build, the network
+    namespaces (tests/interop/netns.py), a ticket and the client's
+    krb5.conf (the KDC through the veth), the proxy's keytab, and an HTTP
+    server in the destination namespace serving ``body_size`` random bytes
+    at ``self.url``.
+    """
+
+    timeout = 120
+    body_size = 2_000_000
+
+    def setUp(self) -> Any:
+        self.build = dante_gssapi_build()
+        reason = netns.netns_unavailable_reason()
+        if reason is not None:
+            raise AssertionError(reason)
+        self.curl = require_program("curl")
+        from tests.kerberos import test_realm
+
+        self.realm = test_realm()
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+
+        self.topology = netns.create_topology()
+        self.addCleanup(self.topology.teardown)
+        self.proxy_name = self.topology.proxy_name
+        self.service_principal = f"rcmd/{self.proxy_name}@{self.realm.name}"
+        self.keytab = service_keytab(self.realm, self.proxy_name)
+
+        # The client's ticket and its view of the realm: the KDC (listening on
+        # all addresses of the root namespace) through the veth.
+        self.ccache = os.path.join(self.workdir, "ccache")
+        self.realm.kinit(self.realm.user_principal, self.realm.user_password, f"FILE:{self.ccache}")
+        self.krb5_conf = netns.krb5_conf_via(
+            self.realm.realm.env["KRB5_CONFIG"], self.topology.proxy_address,
+            os.path.join(self.workdir, "krb5-client.conf"))
+
+        www = os.path.join(self.workdir, "www")
+        os.makedirs(www)
+        self.body = os.urandom(self.body_size)
+        with open(os.path.join(www, "body"), "wb") as f:
+            f.write(self.body)
+        self.http = netns.serve_http(self.topology.destination, www)
+        self.addCleanup(self.http.stop)
+        return self.http.waitFor(netns.HTTP_SERVER_READY).addCallback(self._httpReady)
+
+    def _httpReady(self, match: re.Match[str]) -> None:
+        self.http_port = int(match.group(2))
+        self.url = f"http://{self.topology.destination.address}:{self.http_port}/body"

@@ -81,16 +81,16 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from tests.interop import netns
 from tests.interop.dante import (
+    GSSAPINamespaceRig,
     Sockd,
     client_protection,
     combined_keytab,
     dante_client_config,
-    dante_gssapi_build,
     dante_server_config,
     service_keytab,
     socksify_argv,
 )
-from tests.support import IntegrationTestCase, StreamCollector, require_program
+from tests.support import IntegrationTestCase, StreamCollector
 from txsocksgss.auth.gssapi import GSSAPIClientFactory
 from txsocksgss.auth.gssapi_wrap import GSSAPIStreamProtection
 from txsocksgss.client.bind import bindThroughProxy
@@ -252,47 +252,10 @@ class DatagramCollector(DatagramProtocol):
         return self.waiter
 
 
-class _Rig(IntegrationTestCase):
+class _Rig(GSSAPINamespaceRig):
     """The namespaces, a ticket, the client's krb5.conf, and an HTTP server with a random body."""
 
-    timeout = 120
-
-    def setUp(self):
-        self.build = dante_gssapi_build()
-        reason = netns.netns_unavailable_reason()
-        if reason is not None:
-            raise AssertionError(reason)
-        self.curl = require_program("curl")
-        from tests.kerberos import test_realm
-
-        self.realm = test_realm()
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
-
-        self.topology = netns.create_topology()
-        self.addCleanup(self.topology.teardown)
-        self.proxy_name = self.topology.proxy_name
-        self.service_principal = f"rcmd/{self.proxy_name}@{self.realm.name}"
-        self.keytab = service_keytab(self.realm, self.proxy_name)
-
-        self.ccache = os.path.join(self.workdir, "ccache")
-        self.realm.kinit(self.realm.user_principal, self.realm.user_password, f"FILE:{self.ccache}")
-        self.krb5_conf = netns.krb5_conf_via(
-            self.realm.realm.env["KRB5_CONFIG"], self.topology.proxy_address,
-            os.path.join(self.workdir, "krb5-client.conf"))
-
-        www = os.path.join(self.workdir, "www")
-        os.makedirs(www)
-        self.body = os.urandom(BODY_SIZE)
-        with open(os.path.join(www, "body"), "wb") as f:
-            f.write(self.body)
-        self.http = netns.serve_http(self.topology.destination, www)
-        self.addCleanup(self.http.stop)
-        return self.http.waitFor(netns.HTTP_SERVER_READY).addCallback(self._httpReady)
-
-    def _httpReady(self, match: re.Match[str]) -> None:
-        self.http_port = int(match.group(2))
-        self.url = f"http://{self.topology.destination.address}:{self.http_port}/body"
+    body_size = BODY_SIZE
 
     @inlineCallbacks
     def startEcho(self, kind: str = "tcp"):

@@ -21,24 +21,19 @@ message naming the script.
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import TestCase
 
-from tests.interop import netns
 from tests.interop.dante import (
+    GSSAPINamespaceRig,
     dante_client_config,
-    dante_gssapi_build,
     dante_server_config,
-    service_keytab,
     socksify_argv,
     Sockd,
 )
-from tests.support import require_program
 
 pytestmark = [pytest.mark.interop, pytest.mark.kerberos]
 
@@ -48,45 +43,8 @@ BODY_SIZE = 3_000_000
 CURL_COULDNT_CONNECT = 7
 
 
-class DanteGSSAPISmokeTests(TestCase):
-    timeout = 120
-
-    def setUp(self):
-        self.build = dante_gssapi_build()
-        reason = netns.netns_unavailable_reason()
-        if reason is not None:
-            raise AssertionError(reason)
-        self.curl = require_program("curl")
-        from tests.kerberos import test_realm
-
-        self.realm = test_realm()
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
-
-        self.topology = netns.create_topology()
-        self.addCleanup(self.topology.teardown)
-        self.keytab = service_keytab(self.realm, self.topology.proxy_name)
-
-        # The client's ticket and its view of the realm: the KDC (listening on
-        # all addresses of the root namespace) through the veth.
-        self.ccache = os.path.join(self.workdir, "ccache")
-        self.realm.kinit(self.realm.user_principal, self.realm.user_password, f"FILE:{self.ccache}")
-        self.krb5_conf = netns.krb5_conf_via(
-            self.realm.realm.env["KRB5_CONFIG"], self.topology.proxy_address,
-            os.path.join(self.workdir, "krb5-client.conf"))
-
-        www = os.path.join(self.workdir, "www")
-        os.makedirs(www)
-        self.body = os.urandom(BODY_SIZE)
-        with open(os.path.join(www, "body"), "wb") as f:
-            f.write(self.body)
-        self.http = netns.serve_http(self.topology.destination, www)
-        self.addCleanup(self.http.stop)
-        return self.http.waitFor(netns.HTTP_SERVER_READY).addCallback(self._httpReady)
-
-    def _httpReady(self, match: re.Match[str]) -> None:
-        self.http_port = int(match.group(2))
-        self.url = f"http://{self.topology.destination.address}:{self.http_port}/body"
+class DanteGSSAPISmokeTests(GSSAPINamespaceRig):
+    body_size = BODY_SIZE
 
     @inlineCallbacks
     def startSockd(self, enctypes=("clear", "integrity", "confidentiality")):
