@@ -1,7 +1,7 @@
 """
 GSS-API (RFC 1961) interop between txsocksgss and Dante 1.4.2, both ways.
 
-The rig is the one of test_dante_gssapi_smoke.py (tests/interop/netns.py)::
+The rig is `tests.interop.dante.GSSAPINamespaceRig` (namespaces from tests/interop/netns.py)::
 
     client namespace 10.200.X.2  --veth--  root namespace  --veth--  destination namespace 10.201.X.2
                                            10.200.X.1 (the proxy)    http.server, echo servers
