@@ -88,9 +88,19 @@ class HashTests(SynchronousTestCase):
     @settings(max_examples=25, deadline=None)
     @given(st.binary(min_size=1, max_size=255), st.binary(min_size=1, max_size=255))
     def test_verify_accepts_exactly_the_password(self, password: bytes, other: bytes) -> None:
+        password = password.rstrip(b"\0") or b"x"  # see test_trailing_nul_bytes_are_refused
         encoded = hash_password(password, **FAST)
         self.assertTrue(verify_password(encoded, password))
         self.assertEqual(verify_password(encoded, other), other == password)
+
+    def test_trailing_nul_bytes_are_refused(self) -> None:
+        """HMAC pads short keys with zeros, so scrypt sees b"pw" and b"pw\\0" as one password."""
+        self.assertRaises(ValueError, hash_password, b"pw\0", **FAST)
+        encoded = hash_password(b"pw", **FAST)
+        self.assertFalse(verify_password(encoded, b"pw\0"))
+        self.assertFalse(verify_password(encoded, b"pw\0\0"))
+        self.assertTrue(verify_password(encoded, b"pw"))
+        self.assertTrue(verify_password(hash_password(b"p\0w", **FAST), b"p\0w"))
 
 
 class NameTests(SynchronousTestCase):

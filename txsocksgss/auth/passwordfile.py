@@ -106,9 +106,13 @@ def check_user_name(user: str) -> None:
 
 def check_password(password: bytes) -> None:
     """
-    Check that ``password`` fits RFC 1929.
+    Check that ``password`` fits RFC 1929 and can be told apart by scrypt.
 
-    :raise ValueError: when it is empty or longer than 255 bytes.
+    scrypt keys HMAC-SHA256 with the password, and HMAC pads a short key
+    with zero bytes: ``pw`` and ``pw\\0`` would be the same password.  So a
+    password may not end in a NUL byte (`verify_password` refuses one too).
+
+    :raise ValueError: when it is empty, longer than 255 bytes, or ends in NUL.
     """
     if len(password) == 0:
         raise ValueError("the password is empty")
@@ -116,6 +120,8 @@ def check_password(password: bytes) -> None:
         raise ValueError(
             f"the password is {len(password)} bytes long; the limit is {MAX_PASSWORD_LENGTH}"
         )
+    if password.endswith(b"\0"):
+        raise ValueError("the password ends in a NUL byte, which scrypt cannot tell from no byte")
 
 
 @dataclass(frozen=True)
@@ -214,8 +220,8 @@ def verify_password(encoded: str, password: bytes) -> bool:
         h = _decode(encoded)
     except ValueError:
         return False
-    if not isinstance(password, bytes):
-        return False
+    if not isinstance(password, bytes) or password.endswith(b"\0"):
+        return False  # see check_password: it would match the password without the NULs
     return hmac.compare_digest(_scrypt(password, h, len(h.key)), h.key)
 
 
