@@ -45,8 +45,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity, SessionInfo
-from txsocksgss.auth.gssapi_wrap import WRAP_ENGINES, GSSAPIStreamProtection
-from txsocksgss.auth.kerberos_wrap import wrap_token_sequence
+from txsocksgss.auth.gssapi_wrap import WRAP_ENGINES, GSSAPIStreamProtection, gss_text
+from txsocksgss.auth.kerberos_wrap import KRB5_OID, wrap_token_sequence
 from txsocksgss.errors import ConfigError, ProtocolError
 from txsocksgss.interfaces import (
     IClientAuthenticator,
@@ -77,7 +77,6 @@ __all__ = [
 
 _log = Logger()
 
-KRB5_OID = "1.2.840.113554.1.2.2"
 SPNEGO_OID = "1.3.6.1.5.5.2"
 MECHANISMS = {"krb5": KRB5_OID, "spnego": SPNEGO_OID}
 _MECHANISM_NAMES = {oid: name for name, oid in MECHANISMS.items()}
@@ -140,10 +139,6 @@ def token_mechanism(token: bytes) -> str | None:
             arcs.append(value)
             value = 0
     return ".".join(str(arc) for arc in arcs)
-
-
-def _gss_text(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _display_name(name: Any) -> str:
@@ -230,7 +225,7 @@ class GSSAPIServerFactory:
             credentials = gssapi.Credentials(usage="accept", store=store, mechs=mechs)
         except GSSError as error:
             where = self.settings.keytab or "the default keytab"
-            raise ConfigError(f"cannot use {where} to accept GSS-API contexts: {_gss_text(error)}") from None
+            raise ConfigError(f"cannot use {where} to accept GSS-API contexts: {gss_text(error)}") from None
         return credentials
 
     def buildAuthenticator(self, session: SessionInfo) -> IServerAuthenticator:
@@ -273,7 +268,7 @@ class _GSSAPIServerConversation:
         except ProtocolError as error:
             return self._abort(f"malformed GSS-API message: {error}", sent)
         except GSSError as error:
-            return self._abort(f"GSS-API error during {self._stage.value}: {_gss_text(error)}", sent)
+            return self._abort(f"GSS-API error during {self._stage.value}: {gss_text(error)}", sent)
         except _Refused as refusal:
             return self._abort(str(refusal), sent)
         return AuthStep(b"".join(sent))
@@ -601,7 +596,7 @@ class _GSSAPIClientConversation:
         try:
             octet = frame.token if self._settings.nec else bytes(self._context.unwrap(frame.token).message)
         except GSSError as error:
-            return self._fail(f"the proxy's protection-level message failed to verify: {_gss_text(error)}")
+            return self._fail(f"the proxy's protection-level message failed to verify: {gss_text(error)}")
         if len(octet) != 1:
             return self._fail(f"the proxy's protection-level message holds {len(octet)} octets")
         answer = octet[0]
@@ -636,5 +631,5 @@ class _GSSAPIClientConversation:
 
     def _failed(self, failure: Any) -> AuthStep:
         if failure.check(GSSError):
-            return self._fail(f"GSS-API error for {self._target}: {_gss_text(failure.value)}")
+            return self._fail(f"GSS-API error for {self._target}: {gss_text(failure.value)}")
         return failure  # type: ignore[no-any-return]

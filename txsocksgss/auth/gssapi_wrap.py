@@ -42,6 +42,11 @@ _HEADER = b"\x01\x03"
 WRAP_ENGINES = ("auto", "library")
 
 
+def _frame_header(token: bytes) -> bytes:
+    """VER MTYP LEN of the MTYP 03 frame carrying ``token``."""
+    return _HEADER + len(token).to_bytes(2, "big")
+
+
 class ProtectionFailed(ProtocolError):
     """A protected token failed to verify, or broke the agreed protection level."""
 
@@ -72,13 +77,13 @@ class LibraryTokenCodec:
         try:
             return bytes(self.context.wrap(bytes(data), conf).message)
         except GSSError as error:  # the context expired
-            raise TokenRejected(_gss_text(error)) from None
+            raise TokenRejected(gss_text(error)) from None
 
     def unwrap(self, token: bytes, *, stream: bool = True) -> tuple[bytes, bool]:
         try:
             result = self.context.unwrap(token)
         except GSSError as error:
-            raise TokenRejected(_gss_text(error)) from None
+            raise TokenRejected(gss_text(error)) from None
         return bytes(result.message), bool(result.encrypted)
 
 
@@ -144,7 +149,7 @@ class GSSAPIStreamProtection:
         pieces: list[bytes] = []
         for start in range(0, len(data), limit):
             token = self._wrap(view[start:start + limit])
-            pieces += (_HEADER + len(token).to_bytes(2, "big"), token)  # one copy of each token: the join
+            pieces += (_frame_header(token), token)  # one copy of each token: the join
         return b"".join(pieces)
 
     def unprotect(self, data: bytes) -> bytes:
@@ -185,7 +190,7 @@ class GSSAPIStreamProtection:
 
     @staticmethod
     def _frame(token: bytes) -> bytes:
-        return _HEADER + len(token).to_bytes(2, "big") + token
+        return _frame_header(token) + token
 
     def _unwrap(self, frame: GSSAPIFrame, stream: bool) -> bytes:
         if frame.type == MessageType.ABORT:
@@ -201,6 +206,6 @@ class GSSAPIStreamProtection:
         return message
 
 
-def _gss_text(error: GSSError) -> str:
-    text = str(error)
-    return text.replace("\n", " ")
+def gss_text(error: BaseException) -> str:
+    """A GSS-API error's text on one line, for log lines and failure reasons."""
+    return " ".join(str(error).split())

@@ -87,7 +87,7 @@ SEQUENCE_WINDOW = 64
 # and an OID naming its enctype: 1.2.840.113554.1.2.2.4.<enctype>.
 _SSPI_SESSION_KEY_OID = "1.2.840.113554.1.2.2.5.5"
 _ENCTYPE_OID_PREFIX = bytes.fromhex("2a864886f71201020204")
-KRB5_MECH_OID = "1.2.840.113554.1.2.2"
+KRB5_OID = "1.2.840.113554.1.2.2"
 
 
 class TokenRejected(Exception):
@@ -355,9 +355,8 @@ class KerberosWrapCodec:
             rotation %= len(body)
             body = memoryview(b"".join((body[rotation:], body[:rotation])))
         keys = self._receive
-        zeroed = token[:6] + b"\x00\x00" + token[8:16]
         if flags & FLAG_SEALED:
-            plaintext = self._open(keys, body, zeroed, extra)
+            plaintext = self._open(keys, body, token[:6] + b"\x00\x00" + token[8:16], extra)
         else:
             if extra != CHECKSUM_LENGTH:
                 raise TokenRejected(f"a signed token's EC is {extra}, not {CHECKSUM_LENGTH}")
@@ -394,7 +393,7 @@ def session_enctype(context: Any) -> int | None:
     from gssapi.raw.oids import OID
 
     try:
-        if context.mech.dotted_form != KRB5_MECH_OID:
+        if context.mech.dotted_form != KRB5_OID:
             return None
         answer = inquire_sec_context_by_oid(context, OID.from_int_seq(_SSPI_SESSION_KEY_OID))
     except (GSSError, AttributeError, NotImplementedError):
