@@ -64,6 +64,8 @@ from twisted.internet import error as _error
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import ProcessProtocol
 
+from benchmarks.processes import descendants  # the same /proc walk the benchmark harness uses
+
 __all__ = [
     "Namespace",
     "Topology",
@@ -350,28 +352,6 @@ class ProcessFailed(AssertionError):
     """A watched program ended, or timed out, before printing what was waited for."""
 
 
-def _descendants(pid: int) -> list[int]:
-    """The pids of all live descendants of ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name (field 2) may hold spaces and parentheses.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 class WatchedProcess(ProcessProtocol):
     """
     A child process whose stdout and stderr are collected (``text``) and
@@ -469,7 +449,7 @@ class WatchedProcess(ProcessProtocol):
             return succeed(self.exit_code)
         assert self.transport is not None
         pid = self.transport.pid
-        leftovers = _descendants(pid) if pid else []
+        leftovers = descendants(pid) if pid else []
         try:
             self.transport.signalProcess("TERM")
         except _error.ProcessExitedAlready:
