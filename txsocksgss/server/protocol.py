@@ -31,6 +31,7 @@ negotiation timeout; a closed tunnel, after another idle timeout.
 from __future__ import annotations
 
 import enum
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet import error as ierror
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHostnameResolver
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,6 +55,7 @@ from txsocksgss.interfaces import (
     IStreamProtection,
 )
 from txsocksgss.protection import ProtectedTransport
+from txsocksgss.server.direct import DirectConnector
 from txsocksgss.server.guard import DestinationGuard
 from txsocksgss.server.limits import Refusal, RefusalLog, SessionLimits, SessionTicket
 from txsocksgss.server.outbound import DestinationUnresolved, ip_literal, is_ip_literal, reply_code_for, resolve
@@ -191,7 +194,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._auth_backlog = b""
         self._negotiation_timer: IDelayedCall | None = None
         self._pending: Deferred[Any] | None = None
-        self._outgoing: _OutgoingConnection | None = None
+        self._outgoing: _OutgoingConnection | DirectConnector | None = None
         self._command_handler: Any = None
         self._relay: Relay | SpliceRelay | None = None
         self.record: SessionRecord | None = None
@@ -645,8 +648,47 @@ class SOCKS5ServerProtocol(Protocol):
         # The negotiation timer (started earlier) bounds the attempt; the
         # reactor's own connect timeout is only needed when it is longer.
         timeout = _CONNECT_TIMEOUT if self.context.negotiation_timeout > _CONNECT_TIMEOUT else None
+        if self._willSplice():
+            self._outgoing = DirectConnector(self.context.reactor, allowed, destination.port, timeout,
+                                             self._directConnected, self._commandFailed)
+            self._outgoing.start()
+            return
         self._outgoing = _OutgoingConnection(self, allowed, destination.port, timeout)
         self._outgoing.tryNext()
+
+    def _willSplice(self) -> bool:
+        """
+        Whether the tunnel will be spliced (known before the connect): no
+        protection, and the client's connection is a plain TCP socket with
+        nothing buffered.  Then the upstream connection needs no Twisted
+        transport at all (`DirectConnector`).
+        """
+        return (
+            self.context.splice
+            and self.protection is None
+            and isinstance(self.context.reactor, PosixReactorBase)
+            and splice_available(self.context.reactor, self.transport)
+        )
+
+    def _directConnected(self, upstream: socket.socket) -> None:
+        """The direct connect succeeded: reply and splice (with what the client sent early first)."""
+        self._outgoing = None
+        if self.state is not SessionState.COMMAND:
+            upstream.close()
+            return
+        try:
+            bound_host, bound_port = upstream.getsockname()[:2]
+        except OSError:  # reset already
+            bound_host, bound_port = _UNSPECIFIED.host, 0
+        self._cancelNegotiationTimer()
+        self.state = SessionState.RELAYING
+        early = self._buffer.take_all()
+        reply = self._reply(ReplyCode.SUCCEEDED, _address_of(bound_host, bound_port))
+        rest = _sendNow(self.transport, reply)
+        relay = SpliceRelay(self.transport, upstream, self.context.reactor,
+                            self.context.idle_timeout, self._relayEnded)
+        self._relay = relay
+        relay.start(toUpstream=early, toClient=rest)
 
     def upstreamConnected(self, upstream: UpstreamProtocol) -> None:
         """The CONNECT's outgoing connection is up: reply and relay (`_OutgoingConnection` calls this)."""
@@ -820,6 +862,22 @@ class SOCKS5ServerProtocol(Protocol):
             # loseConnection waits for the reply to be read; a client that
             # never reads would hold its place forever.
             self._linger = self.context.reactor.callLater(self.context.negotiation_timeout, self._lingerTimedOut)
+
+
+def _sendNow(transport: Any, data: bytes) -> bytes:
+    """
+    Send ``data`` straight onto the socket of ``transport`` (a plain
+    connection with nothing buffered, `_willSplice`); what the socket does
+    not take now is returned (all of it if the send failed: the relay,
+    sending it again, meets the error and ends the tunnel).
+    """
+    connection = plain_connection(transport)
+    assert connection is not None
+    try:
+        sent = connection.socket.send(data)
+    except OSError:
+        sent = 0
+    return data[sent:]
 
 
 def _writeNow(transport: Any, data: bytes) -> bool:

@@ -4,9 +4,11 @@ never through Python (after the first few).
 
 Theory of operation.  When a tunnel carries no per-message protection and
 nothing is buffered on either side, the two TCP connections are taken away
-from their Twisted transports (which stop reading and writing) and given to
-one `_SpliceSocket` each, registered with the reactor for the same file
-descriptor.  Each direction moves bytes in one of two ways:
+from their Twisted transports (which stop reading and writing; with the
+epoll reactor the client's registration is handed over as it is) and given
+to one `_SpliceSocket` each, registered with the reactor for the same file
+descriptor.  The upstream end of a CONNECT has no transport at all: its
+socket comes straight from `txsocksgss.server.direct.DirectConnector`.  Each direction moves bytes in one of two ways:
 
 - copying, for its first ``COPY_LIMIT`` bytes: recv from the source, send
   to the destination as far as it takes, keep the rest (at most one recv's
@@ -25,9 +27,10 @@ That is producer/consumer flow control: at most one recv (copying) or one
 pipe (``PIPE_SIZE``, in the kernel) is in flight per direction, whatever
 the speeds.  End of stream (a read of 0 bytes) is passed on as
 shutdown(SHUT_WR) once nothing is in flight; the relay ends when both
-directions have ended, or at once on an error (reset) on either side.  Then
-the sockets are handed back to their transports, which close them and
-report connectionLost as usual.
+directions have ended, or at once on an error (reset) on either side.  Then,
+on the reactor's next turn, the sockets are handed back to their
+transports, which close them and report connectionLost as usual (a bare
+socket is closed by the relay).
 
 `splice_available` says whether this platform and reactor can do it; the
 ordinary `txsocksgss.server.relay.Relay` is the fallback.
@@ -38,6 +41,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import struct
 from typing import Any, Callable
 
 from twisted.internet.abstract import FileDescriptor
@@ -50,6 +54,11 @@ from zope.interface import implementer
 
 from txsocksgss.server.idle import IdleTimer
 
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover - no epoll on this platform
+    EPollReactor = None  # type: ignore[assignment,misc]
+
 __all__ = ["SpliceRelay", "splice_available", "plain_connection", "PIPE_SIZE", "COPY_LIMIT"]
 
 PIPE_SIZE = 1024 * 1024
@@ -61,6 +70,8 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 _DEFAULT_PIPE = 64 * 1024
 # One shared reason, as the reactor itself does for every orderly close.
 _CONNECTION_DONE = Failure(ConnectionDone())
+# SO_LINGER on, zero seconds: close() sends a reset (what abortConnection does).
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 def plain_connection(transport: Any) -> Connection | None:
@@ -238,12 +249,22 @@ class _Direction:
 
 @implementer(IReadWriteDescriptor)
 class _SpliceSocket:
-    """One TCP socket of the tunnel, as the reactor sees it while splicing."""
+    """
+    One TCP socket of the tunnel, as the reactor sees it while splicing:
+    ``end`` is either a Twisted transport (the client's connection, or a
+    BIND's inbound one), which gets its socket back at the end and closes
+    it, or a bare connected socket (`txsocksgss.server.direct`), which this
+    object closes itself.
+    """
 
-    def __init__(self, relay: "SpliceRelay", transport: Any) -> None:
+    def __init__(self, relay: "SpliceRelay", end: Any) -> None:
         self.relay = relay
-        self.transport = transport
-        self.sock: socket.socket = transport.socket
+        if isinstance(end, socket.socket):
+            self.transport: Any = None
+            self.sock = end
+        else:
+            self.transport = end
+            self.sock = end.socket
         self.fd = self.sock.fileno()
         self.outgoing: _Direction = None  # type: ignore[assignment]  # reads feed this
         self.incoming: _Direction = None  # type: ignore[assignment]  # writes drain this
@@ -264,6 +285,28 @@ class _SpliceSocket:
 
     def connectionLost(self, reason: Failure) -> None:
         self.relay.failed(f"socket lost: {reason.getErrorMessage()}")
+
+    def takeOver(self) -> None:
+        """
+        Take the socket from its transport (which stops reading and
+        writing) and start reading it.  With Twisted's epoll reactor, a
+        transport that is only reading hands its registration over as it
+        is, without the two epoll_ctl calls of a removeReader and an
+        addReader.
+        """
+        transport = self.transport
+        if transport is None:
+            self.startReadingFor(self.outgoing)
+            return
+        reactor = self.relay.reactor
+        if (EPollReactor is not None and isinstance(reactor, EPollReactor) and self.fd in reactor._reads and self.fd not in reactor._writes
+                and reactor._selectables.get(self.fd) is plain_connection(transport)):
+            reactor._selectables[self.fd] = self
+            self.reading = True
+            return
+        transport.stopReading()
+        transport.stopWriting()
+        self.startReadingFor(self.outgoing)
 
     def startReadingFor(self, direction: _Direction) -> None:
         if not self.reading and not direction.eof and not self.relay.ended:
@@ -289,12 +332,39 @@ class _SpliceSocket:
         self.stopReadingFor(self.outgoing)
         self.stopWritingFor(self.incoming)
 
+    def close(self, abort: bool, at_once: bool) -> None:
+        """
+        Close the socket, after `release`: a bare socket at once (with a
+        reset if ``abort``), a transport through its own ways of closing
+        (``at_once``: both ways ended and the transport holds nothing, so
+        it can be closed now, without the shutdown(2) that Twisted's own
+        comment calls unnecessary).
+        """
+        transport = self.transport
+        if transport is None:
+            if abort:
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                except OSError:
+                    pass
+            self.sock.close()
+        elif at_once:
+            if transport.connected:
+                transport._shouldShutdown = False
+                transport.connectionLost(_CONNECTION_DONE)
+        elif abort:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+
 
 class SpliceRelay:
     """
-    The splice tunnel between the ``client`` and ``upstream`` transports (see
-    the module docstring).  Same surface as `txsocksgss.server.relay.Relay`
-    for the session: counters, `close`, and ``onEnd(outcome)`` called once.
+    The splice tunnel between ``client`` (a transport) and ``upstream`` (a
+    transport, or a bare connected socket from
+    `txsocksgss.server.direct.DirectConnector`); see the module docstring.
+    Same surface as `txsocksgss.server.relay.Relay` for the session:
+    counters, `close`, and ``onEnd(outcome)`` called once.
     """
 
     def __init__(self, client: Any, upstream: Any, reactor: Any, idle_timeout: float | None,
@@ -312,7 +382,7 @@ class SpliceRelay:
         self._down = _Direction(self, "upstream->client")
         #: Whether the relay can close both connections itself when both
         #: ways have ended (see `_end`).
-        self.closes_at_once = all(isinstance(t, FileDescriptor) for t in (client, upstream))
+        self.closes_at_once = all(isinstance(t, (FileDescriptor, socket.socket)) for t in (client, upstream))
         self._client_socket = _SpliceSocket(self, client)
         self._upstream_socket = _SpliceSocket(self, upstream)
         self._up.source, self._up.target = self._client_socket, self._upstream_socket
@@ -328,14 +398,23 @@ class SpliceRelay:
     def bytes_from_upstream(self) -> int:
         return self._down.moved
 
-    def start(self) -> None:
-        """Take both sockets from their transports and start moving bytes."""
-        for transport in (self.client, self.upstream):
-            transport.stopReading()
-            transport.stopWriting()
-        self._client_socket.startReadingFor(self._up)
-        self._upstream_socket.startReadingFor(self._down)
+    def start(self, toUpstream: bytes = b"", toClient: bytes = b"") -> None:
+        """
+        Take both sockets from their transports and start moving bytes.
+        ``toUpstream`` (bytes the client sent early) and ``toClient`` (the
+        part of the reply the client's socket did not take at once, not
+        counted as tunnel bytes) go first, before anything read later.
+        """
+        self._client_socket.takeOver()
+        self._upstream_socket.takeOver()
         self.idle.start()
+        if toUpstream:
+            self._up.held = toUpstream
+            self._up.writable()
+        if toClient and not self.ended:
+            self._down.held = toClient
+            self._down.moved -= len(toClient)
+            self._down.writable()
 
     # The session passes these on; in splice mode the transports do not read,
     # so only connectionLost (from close) can arrive.
@@ -376,32 +455,19 @@ class SpliceRelay:
         # Both ways ended (``at_once``): each socket has sent its FIN and
         # read the peer's, and the transports hold nothing, so there is
         # nothing for loseConnection to wait for (a shut-down socket is
-        # always writable): close them on the next turn of the reactor, with
-        # one timer, instead of registering each for writing again.  Not
-        # now: the reactor may still hold an event of this batch for the
-        # other socket, and a descriptor number freed in the middle of a
-        # batch can be taken by a socket accepted later in it, which would
-        # then receive that stale event.  (Transports that are not file
-        # descriptors of the reactor's, such as a PROXY-protocol wrapper,
-        # are closed the ordinary way.)
+        # always writable): close them directly instead of registering each
+        # for writing again.  (Transports that are not file descriptors of
+        # the reactor's, such as a PROXY-protocol wrapper, are closed the
+        # ordinary way.)  Every close waits for the next turn of the
+        # reactor: it may still hold an event of this batch for the other
+        # socket, and a descriptor number freed in the middle of a batch can
+        # be taken by a socket accepted later in it, which would then
+        # receive that stale event.
         at_once = at_once and self.closes_at_once
         self.closed_at_once = at_once
+        self.reactor.callLater(0, self._closeBoth, abort, at_once)
         self._onEnd(outcome)
-        # Hand the sockets back: the transports close them and report it.
-        if at_once:
-            self.reactor.callLater(0, self._closeBoth)
-            return
-        for transport in (self.client, self.upstream):
-            if abort:
-                transport.abortConnection()
-            else:
-                transport.loseConnection()
 
-    def _closeBoth(self) -> None:
-        for transport in (self.client, self.upstream):
-            if transport.connected:
-                # Both ends have read EOF and sent FIN: Twisted's shutdown(2)
-                # before close() (its own comment calls it unnecessary) would
-                # be one more system call per socket.
-                transport._shouldShutdown = False
-                transport.connectionLost(_CONNECTION_DONE)
+    def _closeBoth(self, abort: bool, at_once: bool) -> None:
+        self._client_socket.close(abort, at_once)
+        self._upstream_socket.close(abort, at_once)

@@ -130,6 +130,8 @@ class MessageBuffer:
         On success the message's bytes are removed from the buffer.  Errors
         raised by ``parse`` propagate and leave the buffer as it was.
         """
+        if not self._buffer:  # no message is empty
+            return None
         reader = Reader(self._buffer)
         try:
             message = parse(reader)
