@@ -13,12 +13,13 @@ other tests with a memory reactor drive.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError, UnknownHostError
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -142,6 +143,7 @@ class DirectConnectTests(FaultTestCase):
         connector.start()
         self.assertIn(connector, reactor.getWriters())
         clock.advance(30)
+        clock.advance(0)  # the socket is closed on the next turn
         [failure] = outcomes
         self.assertTrue(failure.check(TimeoutError))
         self.assertEqual(reply_code_for(failure), ReplyCode.TTL_EXPIRED)
@@ -166,6 +168,48 @@ class DirectConnectTests(FaultTestCase):
         connector.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(outcomes, [])
         self.assertIn(connector, reactor.getWriters())  # watching again
+
+    @inlineCallbacks
+    def test_a_cancelled_attempt_closes_its_socket_on_the_next_turn(self):
+        # Not at once: the reactor may still hold events of this batch for
+        # the descriptor number, which a socket made later in the batch
+        # could take.
+        port = self.unansweredPort()
+        connector = DirectConnector(reactor, ["127.0.0.1"], port, None, self.fail, self.fail)
+        connector.start()
+        sock = connector._socket
+        connector.cancel()
+        self.assertNotIn(connector, reactor.getWriters())
+        self.assertEqual(connector.fileno(), -1)
+        self.assertNotEqual(sock.fileno(), -1)
+        yield _nextTurn()
+        self.assertEqual(sock.fileno(), -1)
+
+    def test_eagain_is_a_failure_not_a_connect_in_progress(self):
+        # EAGAIN from a TCP connect means no local port is free.
+        import txsocksgss.server.direct as direct
+
+        class NoPortLeft(socket.socket):
+            def connect_ex(self, address):
+                return errno.EAGAIN
+
+        self.patch(direct.socket, "socket", NoPortLeft)
+        outcomes: list[Any] = []
+        connector = DirectConnector(reactor, ["127.0.0.1"], self.echo_port, None, outcomes.append, outcomes.append)
+        connector.start()
+        [failure] = outcomes
+        self.assertIsInstance(failure, Failure)
+        self.assertIn("Resource temporarily unavailable", failure.getErrorMessage())
+        self.assertNotIn(connector, reactor.getWriters())
+
+    def test_an_unknown_ipv6_scope_fails_with_its_reason(self):
+        outcomes: list[Any] = []
+        connector = DirectConnector(reactor, ["fe80::1%nosuchif0"], 80, None, outcomes.append, outcomes.append)
+        connector.start()
+        [failure] = outcomes
+        self.assertTrue(failure.check(UnknownHostError))
+        self.assertIn("fe80::1%nosuchif0", failure.getErrorMessage())
+        self.assertEqual(reply_code_for(failure), ReplyCode.GENERAL_FAILURE)
 
     @inlineCallbacks
     def test_refused_failure_is_connectTCPs(self):
@@ -262,3 +306,66 @@ class SpliceStartTests(TestCase):
         self.assertEqual((client_end.fileno(), upstream_end.fileno()), (-1, -1))
         client.close()
         upstream.close()
+
+    @inlineCallbacks
+    def test_a_reply_never_sent_counts_nothing(self):
+        client, client_end = socket.socketpair()
+        upstream, upstream_end = socket.socketpair()
+        for sock in (client_end, upstream_end):
+            sock.setblocking(False)
+        client.close()  # the client is gone before the reply could go out
+        ended: Deferred[str] = Deferred()
+        relay = SpliceRelay(client_end, upstream_end, reactor, None, ended.callback)
+        relay.start(toClient=b"reply rest")
+        outcome = yield ended
+        self.assertTrue(outcome.startswith("reset (upstream->client: write:"), outcome)
+        self.assertEqual((relay.bytes_from_client, relay.bytes_from_upstream), (0, 0))
+        upstream.close()
+        yield _nextTurn()
+
+
+class StaleEventTests(TestCase):
+    """
+    An error or hang-up event the reactor delivers for a spliced socket's
+    descriptor number may belong to a socket closed earlier in the same
+    batch: the relay asks the socket before it gives up the tunnel.
+    """
+
+    def tunnel(self) -> tuple[SpliceRelay, socket.socket, socket.socket, Deferred[str]]:
+        client, client_end = socket.socketpair()
+        upstream, upstream_end = socket.socketpair()
+        for sock in (client, client_end, upstream, upstream_end):
+            sock.setblocking(False)
+        ended: Deferred[str] = Deferred()
+        relay = SpliceRelay(client_end, upstream_end, reactor, None, ended.callback)
+        relay.start()
+        self.addCleanup(client.close)
+        self.addCleanup(upstream.close)
+        self.addCleanup(relay.close, "test over")
+        return relay, client, upstream, ended
+
+    def deliverHangUp(self, spliced) -> None:
+        """What the reactor does with an error or hang-up event for a descriptor it reads."""
+        reactor.removeReader(spliced)
+        reactor.removeWriter(spliced)
+        spliced.connectionLost(Failure(ConnectionDone()))
+
+    @inlineCallbacks
+    def test_a_hang_up_that_is_not_the_sockets_own_leaves_the_tunnel_alone(self):
+        relay, client, upstream, ended = self.tunnel()
+        spliced = relay._upstream_socket
+        self.deliverHangUp(spliced)
+        self.assertFalse(ended.called)
+        self.assertIn(spliced, reactor.getReaders())  # reading again
+        upstream.send(b"still here")
+        yield _nextTurn()
+        yield _nextTurn()
+        self.assertEqual(client.recv(100), b"still here")
+
+    def test_a_real_hang_up_ends_the_tunnel(self):
+        relay, client, upstream, ended = self.tunnel()
+        upstream.shutdown(socket.SHUT_RDWR)
+        self.deliverHangUp(relay._upstream_socket)
+        self.assertTrue(ended.called)
+        self.assertTrue(ended.result.startswith("reset (socket lost"), ended.result)
+        ended.addErrback(lambda _: None)

@@ -35,7 +35,8 @@ from zope.interface import implementer
 
 __all__ = ["DirectConnector"]
 
-_IN_PROGRESS = frozenset((errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN))
+# EAGAIN from a TCP connect means no local port is free (Linux), not "in progress".
+_IN_PROGRESS = frozenset((errno.EINPROGRESS, errno.EALREADY))
 
 
 def _connect_error(number: int) -> Failure:
@@ -114,6 +115,9 @@ class DirectConnector:
                 family = socket.AF_INET
                 self._target = (self.address, self._port)
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except socket.gaierror as error:  # a bad scope in fe80::1%nosuchif; its errno is getaddrinfo's
+            self._failed(Failure(ierror.UnknownHostError(f"{self.address}: {error.strerror}")))
+            return
         except OSError as error:
             self._failed(_connect_error(error.errno or errno.EINVAL))
             return
@@ -176,10 +180,7 @@ class DirectConnector:
         self._onConnected(sock)
 
     def _failed(self, reason: Failure) -> None:
-        sock, self._socket = self._socket, None
-        self._fd = -1
-        if sock is not None:
-            sock.close()
+        self._discard()
         if self._remaining:
             self._tryNext()
             return
@@ -191,7 +192,17 @@ class DirectConnector:
             return
         self._finished = True
         self._unwatch()
+        self._discard()
+
+    def _discard(self) -> None:
+        """
+        Close the attempt's socket on the reactor's next turn, not now: the
+        reactor may still hold events of this batch for its descriptor
+        number, and a socket made later in the batch could take that number
+        (the next address's, or another session's upstream, which the
+        splice relay registers at once) and receive them.
+        """
         sock, self._socket = self._socket, None
         self._fd = -1
         if sock is not None:
-            sock.close()
+            self._reactor.callLater(0, sock.close)

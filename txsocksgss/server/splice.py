@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import socket
 import struct
 from typing import Any, Callable
@@ -117,6 +118,7 @@ class _Direction:
         self.source: _SpliceSocket = None  # type: ignore[assignment]
         self.target: _SpliceSocket = None  # type: ignore[assignment]
         self.held = b""  # copied bytes the target has not taken yet
+        self.uncounted = 0  # leading bytes of ``held`` that are not tunnel bytes (the rest of a reply)
         self.pipe: tuple[int, int] | None = None
         self.in_pipe = 0
         self.moved = 0
@@ -203,6 +205,10 @@ class _Direction:
                 self.relay.failed(f"{self.name}: write: {os.strerror(error.errno or 0)}")
                 return
             self.held = self.held[count:] if count < len(self.held) else b""
+            if self.uncounted:
+                skipped = min(count, self.uncounted)
+                self.uncounted -= skipped
+                count -= skipped
             self.moved += count
         while self.in_pipe:
             assert self.pipe is not None
@@ -247,6 +253,16 @@ class _Direction:
             self.pipe = None
 
 
+def _really_lost(fd: int) -> bool:
+    """Whether the socket ``fd`` has an error or has hung up (a poll that does not wait)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLOUT)
+    for _fd, events in poller.poll(0):
+        if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            return True
+    return False
+
+
 @implementer(IReadWriteDescriptor)
 class _SpliceSocket:
     """
@@ -284,7 +300,20 @@ class _SpliceSocket:
         self.incoming.writable()
 
     def connectionLost(self, reason: Failure) -> None:
-        self.relay.failed(f"socket lost: {reason.getErrorMessage()}")
+        # The reactor calls this for an error or hang-up event, after taking
+        # the descriptor out of its sets.  The event may not be this
+        # socket's: one closed in the middle of the same batch of events
+        # (by Twisted, or by anyone) can have left it for its number, which
+        # this socket then took.  Ask the socket itself.
+        if _really_lost(self.fd):
+            self.relay.failed(f"socket lost: {reason.getErrorMessage()}")
+            return
+        reading, writing = self.reading, self.writing
+        self.reading = self.writing = False
+        if reading:
+            self.startReadingFor(self.outgoing)
+        if writing:
+            self.startWritingFor(self.incoming)
 
     def takeOver(self) -> None:
         """
@@ -413,7 +442,7 @@ class SpliceRelay:
             self._up.writable()
         if toClient and not self.ended:
             self._down.held = toClient
-            self._down.moved -= len(toClient)
+            self._down.uncounted = len(toClient)
             self._down.writable()
 
     # The session passes these on; in splice mode the transports do not read,
