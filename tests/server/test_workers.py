@@ -108,3 +108,49 @@ class WorkerOutputTests(SynchronousTestCase):
         lines = [event["line"] for event in events]
         self.assertEqual(lines, ["session client=127.0.0.1:5000 outcome=closed", "second line",
                                  "on stderr", "third", "unfinished"])
+
+    def test_with_a_log_file_whole_lines_are_written_as_they_are(self):
+        import io
+
+        from txsocksgss.server.workers import _LogSink, _WorkerProcess
+
+        out = io.BytesIO()
+        worker = _WorkerProcess(1, _LogSink(out, "utf-8"))
+        worker.childDataReceived(1, b"T [s] worker 1: session client=127.0.0.1:5")
+        self.assertEqual(out.getvalue(), b"")  # nothing of an unfinished line
+        worker.childDataReceived(1, b"000 outcome=closed\nT [s] worker 1: second\nT [s] worker 1: thi")
+        worker.childDataReceived(2, b"on stderr\n")
+        worker.childDataReceived(1, b"rd\n")
+        worker.childDataReceived(2, b"unfinished")
+        worker.childConnectionLost(2)
+        self.assertEqual(out.getvalue().decode().splitlines(), [
+            "T [s] worker 1: session client=127.0.0.1:5000 outcome=closed", "T [s] worker 1: second",
+            "on stderr", "T [s] worker 1: third", "unfinished"])
+
+    def test_a_text_log_file_gets_text(self):
+        import io
+
+        from txsocksgss.server.workers import _LogSink, _WorkerProcess
+
+        out = io.StringIO()
+        _WorkerProcess(1, _LogSink(out, None)).childDataReceived(1, "T [s] worker 1: caf\u00e9\n".encode())
+        self.assertEqual(out.getvalue(), "T [s] worker 1: caf\u00e9\n")
+
+    def test_the_sink_is_the_single_file_observer_or_none(self):
+        import io
+
+        from twisted.logger import LogPublisher, textFileLogObserver
+
+        from txsocksgss.server import workers
+
+        out = io.StringIO()
+        publisher = LogPublisher(textFileLogObserver(out))
+        import twisted.logger
+
+        self.patch(twisted.logger, "globalLogPublisher", publisher)
+        sink = workers._log_sink()
+        self.assertIsNotNone(sink)
+        self.assertIs(sink.out, out)
+        publisher.addObserver(lambda event: None)  # two observers: each line stays an event
+        self.assertIsNone(workers._log_sink())
+

@@ -12,6 +12,13 @@ SIGHUP (reload) on to its workers, stops them with SIGTERM when it stops
 (each drains its own sessions), and restarts none (a crashed worker's
 share of new connections simply goes to the others: SO_REUSEPORT only
 spreads over sockets that exist).
+
+A worker's log goes to its standard output, a pipe to the master, in the
+master's own line format with ``worker N:`` after the system.  When the
+master logs to one file (``--logfile``, or standard output), it writes
+those lines there as they are, whole lines only and many per write: a log
+line costs the master almost nothing.  With any other log set-up (syslog,
+``--logger``) each line is logged again as an event of the master's.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from txsocksgss.errors import ConfigError
 __all__ = ["ReusePortEndpoint", "reuse_port_endpoint", "WorkerPool", "worker_main"]
 
 _log = Logger()
+# The environment variable that tells a worker its number (for its log lines).
+_WORKER_NUMBER = "TXSOCKSGSS_WORKER"
 
 
 @implementer(IStreamServerEndpoint)
@@ -81,22 +90,70 @@ def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint:
     return ReusePortEndpoint(reactor, int(port_text), interface.strip("[]"), backlog)
 
 
+class _LogSink:
+    """
+    The file the master's log observer writes to, for a worker's lines that
+    are already formatted: written as they are, several at a time.
+    """
+
+    def __init__(self, out: Any, encoding: str | None) -> None:
+        self.out = out
+        self.encoding = encoding
+
+    def write(self, lines: bytes) -> None:
+        self.out.write(lines if self.encoding is not None else lines.decode("utf-8", "replace"))
+        self.out.flush()
+
+
+def _log_sink() -> _LogSink | None:
+    """
+    The master's log file, if its log goes to exactly one file through
+    twisted.logger's FileLogObserver (``--logfile``, or standard output):
+    then the lines a worker formats itself can be written there unchanged.
+    None for any other set-up (syslog, ``--logger``, several observers):
+    then each worker line is logged again as an event of the master's.
+    """
+    from twisted.logger import FileLogObserver, globalLogPublisher
+
+    observers = getattr(globalLogPublisher, "_observers", None)
+    if not observers or len(observers) != 1 or not isinstance(observers[0], FileLogObserver):
+        return None
+    observer = observers[0]
+    out = getattr(observer, "_outFile", None)
+    if out is None or not hasattr(observer, "_encoding"):
+        return None
+    return _LogSink(out, observer._encoding)
+
+
 class _WorkerProcess(ProcessProtocol):
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, sink: _LogSink | None = None) -> None:
         self.number = number
+        self.sink = sink
         self.ended: Deferred[None] = Deferred()
         self._partial = {1: b"", 2: b""}  # per pipe: a line not finished yet
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         # A pipe read may end in the middle of a line: keep that part.
-        *lines, self._partial[fd] = (self._partial.get(fd, b"") + data).split(b"\n")
-        for line in lines:
-            _log.info("worker {number}: {line}", number=self.number, line=line.decode("utf-8", "replace"))
+        buffered = self._partial.get(fd, b"") + data
+        end = buffered.rfind(b"\n") + 1
+        self._partial[fd] = buffered[end:]
+        if end:
+            self._emit(buffered[:end])
 
     def childConnectionLost(self, fd: int) -> None:
         rest = self._partial.pop(fd, b"")
         if rest:
-            _log.info("worker {number}: {line}", number=self.number, line=rest.decode("utf-8", "replace"))
+            self._emit(rest + b"\n")
+
+    def _emit(self, lines: bytes) -> None:
+        """Whole lines (each ending in a newline) a worker wrote."""
+        if self.sink is not None:
+            # Formatted by the worker (time, system, "worker N:"): one
+            # write for all of them, instead of an event and a format each.
+            self.sink.write(lines)
+            return
+        for line in lines[:-1].split(b"\n"):
+            _log.info("worker {number}: {line}", number=self.number, line=line.decode("utf-8", "replace"))
 
     def processEnded(self, reason: Any) -> None:
         _log.info("worker {number} ended: {why}", number=self.number, why=reason.getErrorMessage())
@@ -118,9 +175,11 @@ class WorkerPool(Service):
     def startService(self) -> None:
         super().startService()
         command = [sys.executable, "-m", "txsocksgss.server.workers", *self.argv]
+        sink = _log_sink()
         for number in range(1, self.count):
-            protocol = _WorkerProcess(number)
-            transport = self.reactor.spawnProcess(protocol, sys.executable, command, env=dict(os.environ),
+            protocol = _WorkerProcess(number, sink)
+            env = dict(os.environ, **{_WORKER_NUMBER: str(number)})
+            transport = self.reactor.spawnProcess(protocol, sys.executable, command, env=env,
                                                   childFDs={0: "w", 1: "r", 2: "r"})
             self.processes.append((transport, protocol))
         _log.info("started {n} worker processes", n=self.count - 1)
@@ -164,7 +223,7 @@ def worker_main(argv: Sequence[str]) -> int:
     from twisted.application.service import IService
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
 
     from txsocksgss.tap import Options, makeService
 
@@ -172,7 +231,14 @@ def worker_main(argv: Sequence[str]) -> int:
     options.worker = True
     options.parseOptions(list(argv))
     service = makeService(options)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    marker = f"] worker {os.environ.get(_WORKER_NUMBER, '?')}: "
+
+    def formatEvent(event: Any) -> str | None:
+        # The master's own format, with the worker named after the system.
+        text = formatEventAsClassicLogText(event)
+        return text.replace("] ", marker, 1) if text else text
+
+    globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, formatEvent)], redirectStandardIO=False)
     StandardIO(_MasterWatch(reactor), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     IService(service).startService()
     reactor.addSystemEventTrigger("before", "shutdown", IService(service).stopService)
