@@ -304,15 +304,7 @@ class SOCKS5ServerProtocol(Protocol):
     def _refuse(self, client: str, refusal: Refusal, now: float) -> None:
         """Admission refused: no session, no reply; the connection is aborted now."""
         self.state = SessionState.CLOSED
-        left_out = self.context.refusal_log.shouldLog(refusal.reason, now)
-        if left_out is not None:
-            _log.info(
-                "refused connection from {client} by --{limit}: {detail}{more}",
-                client=client,
-                limit=refusal.reason.value,
-                detail=refusal.detail,
-                more=f" ({left_out} more refused for this reason since the last line)" if left_out else "",
-            )
+        log_refusal(self.context, client, refusal, now)
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- negotiation ----------------------------------------------------------
@@ -427,6 +419,19 @@ class SOCKS5ServerProtocol(Protocol):
         if len(self._buffer):
             self._auth_backlog = self._buffer.take_all()
         self._takeStep(self._auth.begin())
+
+    def resumeAfterMethod(self, method: IServerAuthenticatorFactory, result: AuthResult, data: bytes) -> None:
+        """
+        Go on from a method negotiation that ran on this connection before
+        the protocol got it (`txsocksgss.server.lean` answered the greeting
+        and ran ``method`` to ``result``); ``data`` is what the client sent
+        after it (its request, unparsed).
+        """
+        if self.state is not SessionState.GREETING or self.record is None:
+            return  # refused at admission
+        self._method = method
+        self.record.method = method.name
+        self._authFinished(result, data)
 
     def _feedAuthenticator(self, data: bytes) -> None:
         if self._auth_pending:
@@ -579,23 +584,8 @@ class SOCKS5ServerProtocol(Protocol):
         Ask the destination guard (if on), then the policy, about one
         destination; log denials with the guard or the rule that decided.
         """
-        guarded = None
-        if self.context.guard is not None and address is not None:
-            guarded = self.context.guard.check(command, address)
-        if guarded is not None:
-            decision = Decision(False, f"destination guard ({guarded.value})")
-        else:
-            decision = self.context.policy.decide(self.accessRequest(command, host, port, address))
-        if not decision.allowed:
-            _log.info(
-                "denied {command} to {destination} for {client} (user {user}) by {rule}",
-                command=command,
-                destination=_format_destination(address or host, port),
-                client=self.record.client if self.record else "-",
-                user=(self.identity.user if self.identity else None) or "-",
-                rule=decision.rule,
-            )
-        return decision
+        return decide_access(self.context, self.accessRequest(command, host, port, address),
+                             self.record.client if self.record else "-")
 
     def allowedAddresses(self, command: str, destination: Address, addresses: list[str]) -> list[str]:
         """
@@ -603,12 +593,8 @@ class SOCKS5ServerProtocol(Protocol):
         guard and the policy allow, in order; raises `_Denied` (carrying the
         deciding rule) when they allow none.
         """
-        decisions = [(address, self.decide(command, destination.host, destination.port, address))
-                     for address in addresses]
-        allowed = [address for address, decision in decisions if decision.allowed]
-        if not allowed:
-            raise _Denied(decisions[0][1].rule)
-        return allowed
+        return allowed_addresses(
+            lambda address: self.decide(command, destination.host, destination.port, address), addresses)
 
     def resolveAllowed(self, command: str, destination: Address) -> Deferred[list[str]]:
         """
@@ -705,15 +691,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._outgoing = None
         if self.state is not SessionState.COMMAND or failure.check(*_CANCELLED):
             return
-        if failure.check(_Denied):
-            self._close(f"denied by {failure.value}", ReplyCode.NOT_ALLOWED)
-            return
-        code = reply_code_for(failure)
-        if not failure.check(ierror.ConnectError, DestinationUnresolved, ierror.DNSLookupError):
-            # Not a network outcome: a bug worth a traceback.
-            _log.failure("unexpected error while serving {destination}", failure,
-                         destination=self.record.destination if self.record else "-")
-        self._close(f"{code.name.lower().replace('_', ' ')}: {failure.getErrorMessage()}", code)
+        self._close(*failure_outcome(failure, self.record.destination if self.record else "-"))
 
     # -- used by the command handlers ----------------------------------------
 
@@ -862,6 +840,71 @@ class SOCKS5ServerProtocol(Protocol):
             # loseConnection waits for the reply to be read; a client that
             # never reads would hold its place forever.
             self._linger = self.context.reactor.callLater(self.context.negotiation_timeout, self._lingerTimedOut)
+
+
+def decide_access(context: ServerContext, request: AccessRequest, client: str) -> Decision:
+    """
+    Ask the destination guard (if on), then the policy, about ``request``;
+    log a denial with the guard or the rule that decided (``client``: the
+    session's client, as its log line shows it).
+    """
+    guarded = None
+    if context.guard is not None and request.destination_address is not None:
+        guarded = context.guard.check(request.command, request.destination_address)
+    if guarded is not None:
+        decision = Decision(False, f"destination guard ({guarded.value})")
+    else:
+        decision = context.policy.decide(request)
+    if not decision.allowed:
+        _log.info(
+            "denied {command} to {destination} for {client} (user {user}) by {rule}",
+            command=request.command,
+            destination=_format_destination(request.destination_address or request.destination_host,
+                                            request.destination_port),
+            client=client,
+            user=request.user or "-",
+            rule=decision.rule,
+        )
+    return decision
+
+
+def allowed_addresses(decide: Callable[[str], Decision], addresses: list[str]) -> list[str]:
+    """
+    The ones of ``addresses`` that ``decide`` allows, in order; raises
+    `_Denied` (carrying the rule that decided about the first) when none is.
+    """
+    decisions = [(address, decide(address)) for address in addresses]
+    allowed = [address for address, decision in decisions if decision.allowed]
+    if not allowed:
+        raise _Denied(decisions[0][1].rule)
+    return allowed
+
+
+def failure_outcome(failure: Failure, destination: str) -> tuple[str, ReplyCode]:
+    """
+    The session outcome and the reply code for a request that failed with
+    ``failure`` (denied, unresolved, unreachable...); a failure that is not
+    a network outcome is a bug, logged with its traceback.
+    """
+    if failure.check(_Denied):
+        return f"denied by {failure.value}", ReplyCode.NOT_ALLOWED
+    code = reply_code_for(failure)
+    if not failure.check(ierror.ConnectError, DestinationUnresolved, ierror.DNSLookupError):
+        _log.failure("unexpected error while serving {destination}", failure, destination=destination)
+    return f"{code.name.lower().replace('_', ' ')}: {failure.getErrorMessage()}", code
+
+
+def log_refusal(context: ServerContext, client: str, refusal: Refusal, now: float) -> None:
+    """The (throttled) log line of a connection refused at admission."""
+    left_out = context.refusal_log.shouldLog(refusal.reason, now)
+    if left_out is not None:
+        _log.info(
+            "refused connection from {client} by --{limit}: {detail}{more}",
+            client=client,
+            limit=refusal.reason.value,
+            detail=refusal.detail,
+            more=f" ({left_out} more refused for this reason since the last line)" if left_out else "",
+        )
 
 
 def _sendNow(transport: Any, data: bytes) -> bytes:

@@ -37,6 +37,7 @@ from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
 from txsocksgss.errors import ConfigError
 from txsocksgss.interfaces import IServerAuthenticatorFactory
 from txsocksgss.server.config import Config, endpoint_is_loopback
+from txsocksgss.server.lean import lean_available, lean_endpoint
 from txsocksgss.wire.socks5 import AuthMethod
 from txsocksgss.server.protocol import ServerContext, SOCKS5ServerProtocol, SOCKSServerFactory
 from txsocksgss.server.reload import Reloader, SignalReload
@@ -152,6 +153,16 @@ class ManagedServerFactory(SOCKSServerFactory):
         self.password_checkers = tuple(password_checkers)
         super().__init__(context, lambda ctx: _ObservedProtocol(ctx, self.observers))
 
+    @property
+    def leanSessions(self) -> bool:
+        """
+        Whether a plain TCP listener may serve this factory's sessions
+        through `txsocksgss.server.lean` (the protocol only gets what that
+        hands over): splicing is on, and no subclass builds protocols of
+        its own.
+        """
+        return self.context.splice and type(self).buildProtocol is SOCKSServerFactory.buildProtocol
+
 
 def makeServerFactory(
     config: Config,
@@ -264,11 +275,15 @@ class SOCKSService(MultiService):
 
             self.workers = WorkerPool(reactor, config.workers, list(worker_argv))
             self.workers.setServiceParent(self)
+        lean = lean_available(reactor, config.splice)
         for description in config.listen:
-            if shared:
+            endpoint: Any = lean_endpoint(reactor, description, reuse_port=shared) if lean else None
+            if endpoint is not None:
+                pass
+            elif shared:
                 from txsocksgss.server.workers import reuse_port_endpoint
 
-                endpoint: Any = reuse_port_endpoint(reactor, description)
+                endpoint = reuse_port_endpoint(reactor, description)
             else:
                 endpoint = serverFromString(reactor, description)
             listener = StreamServerEndpointService(endpoint, factory)

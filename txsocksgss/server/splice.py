@@ -60,7 +60,7 @@ try:
 except ImportError:  # pragma: no cover - no epoll on this platform
     EPollReactor = None  # type: ignore[assignment,misc]
 
-__all__ = ["SpliceRelay", "splice_available", "plain_connection", "PIPE_SIZE", "COPY_LIMIT"]
+__all__ = ["SpliceRelay", "splice_available", "plain_connection", "PIPE_SIZE", "COPY_LIMIT", "EPollReactor"]
 
 PIPE_SIZE = 1024 * 1024
 #: Bytes each direction copies through Python before it switches to a pipe.
@@ -315,26 +315,29 @@ class _SpliceSocket:
         if writing:
             self.startWritingFor(self.incoming)
 
-    def takeOver(self) -> None:
+    def takeOver(self, reader: Any = None) -> None:
         """
         Take the socket from its transport (which stops reading and
-        writing) and start reading it.  With Twisted's epoll reactor, a
-        transport that is only reading hands its registration over as it
-        is, without the two epoll_ctl calls of a removeReader and an
-        addReader.
+        writing), or from ``reader``, the descriptor reading a bare socket
+        until now, and start reading it.  With Twisted's epoll reactor, a
+        socket registered for reading only is handed over as it is, without
+        the two epoll_ctl calls of a removeReader and an addReader.
         """
         transport = self.transport
-        if transport is None:
-            self.startReadingFor(self.outgoing)
-            return
+        if reader is None and transport is not None:
+            reader = plain_connection(transport)
         reactor = self.relay.reactor
-        if (EPollReactor is not None and isinstance(reactor, EPollReactor) and self.fd in reactor._reads and self.fd not in reactor._writes
-                and reactor._selectables.get(self.fd) is plain_connection(transport)):
+        if (reader is not None and EPollReactor is not None and isinstance(reactor, EPollReactor)
+                and self.fd in reactor._reads and self.fd not in reactor._writes
+                and reactor._selectables.get(self.fd) is reader):
             reactor._selectables[self.fd] = self
             self.reading = True
             return
-        transport.stopReading()
-        transport.stopWriting()
+        if transport is not None:
+            transport.stopReading()
+            transport.stopWriting()
+        elif reader is not None:
+            reactor.removeReader(reader)
         self.startReadingFor(self.outgoing)
 
     def startReadingFor(self, direction: _Direction) -> None:
@@ -397,8 +400,11 @@ class SpliceRelay:
     """
 
     def __init__(self, client: Any, upstream: Any, reactor: Any, idle_timeout: float | None,
-                 onEnd: Callable[[str], None]) -> None:
+                 onEnd: Callable[[str], None], reader: Any = None) -> None:
         self.client = client
+        #: The descriptor that reads a bare ``client`` socket until the relay
+        #: takes it over (`txsocksgss.server.lean.LeanSession`).
+        self._reader = reader
         self.upstream = upstream
         self.reactor = reactor
         self.ended = False
@@ -434,7 +440,7 @@ class SpliceRelay:
         part of the reply the client's socket did not take at once, not
         counted as tunnel bytes) go first, before anything read later.
         """
-        self._client_socket.takeOver()
+        self._client_socket.takeOver(self._reader)
         self._upstream_socket.takeOver()
         self.idle.start()
         if toUpstream:

@@ -25,58 +25,32 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 from typing import Any, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from txsocksgss.errors import ConfigError
+from txsocksgss.server.lean import LeanTCPServerEndpoint
 
-__all__ = ["ReusePortEndpoint", "reuse_port_endpoint", "WorkerPool", "worker_main"]
+__all__ = ["reuse_port_endpoint", "WorkerPool", "worker_main"]
 
 _log = Logger()
 # The environment variable that tells a worker its number (for its log lines).
 _WORKER_NUMBER = "TXSOCKSGSS_WORKER"
 
 
-@implementer(IStreamServerEndpoint)
-class ReusePortEndpoint:
-    """A TCP server endpoint whose socket has SO_REUSEPORT, so several processes can listen on one port."""
-
-    def __init__(self, reactor: Any, port: int, interface: str, backlog: int = 1024) -> None:
-        self.reactor = reactor
-        self.port = port
-        self.interface = interface
-        self.backlog = backlog
-
-    def listen(self, factory: Any) -> Deferred[Any]:
-        family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.interface, self.port))
-            sock.listen(self.backlog)
-            sock.setblocking(False)
-            port = self.reactor.adoptStreamPort(sock.fileno(), family, factory)
-        except OSError as error:
-            return fail(error)
-        finally:
-            sock.close()  # adoptStreamPort keeps its own copy
-        d: Deferred[Any] = Deferred()
-        d.callback(port)
-        return d
-
-
-def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint:
-    """The `ReusePortEndpoint` for a ``tcp:PORT:interface=...`` or ``tcp6:`` description."""
+def reuse_port_endpoint(reactor: Any, description: str) -> LeanTCPServerEndpoint:
+    """
+    The listener of a ``tcp:PORT:interface=...`` or ``tcp6:`` description
+    for ``--workers``: its socket has SO_REUSEPORT, so every process can
+    listen on the port (`txsocksgss.server.lean.LeanTCPServerEndpoint`,
+    which serves through Twisted's own port where the lean path is off).
+    """
     from txsocksgss.server.config import split_endpoint_description
 
     kind, positional, keywords = split_endpoint_description(description)
@@ -87,7 +61,7 @@ def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint:
         raise ConfigError(f"--workers needs a fixed port in {description!r} (the processes share it)")
     interface = keywords.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
     backlog = int(keywords.get("backlog", "1024"))
-    return ReusePortEndpoint(reactor, int(port_text), interface.strip("[]"), backlog)
+    return LeanTCPServerEndpoint(reactor, int(port_text), interface.strip("[]"), backlog, reuse_port=True)
 
 
 class _LogSink:

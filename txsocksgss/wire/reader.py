@@ -149,6 +149,10 @@ class MessageBuffer:
         """The first buffered byte (the buffer must not be empty)."""
         return self._buffer[0]
 
+    def contents(self) -> bytes:
+        """Every buffered byte, left in the buffer."""
+        return bytes(self._buffer)
+
     def take_all(self) -> bytes:
         """Remove and return every buffered byte (for the stage after negotiation)."""
         data = bytes(self._buffer)

@@ -1,0 +1,403 @@
+"""
+The lean accept path of plain TCP listeners (`txsocksgss.server.lean`), on
+real sockets through `LeanTCPServerEndpoint`: method none and CONNECT are
+served by a `LeanSession` and spliced, with the protocol's replies, session
+lines, timeouts, limits and observers; every other session is handed to
+the protocol unchanged, before the method (another method, no acceptable
+method, SOCKS 4, a malformed greeting, a method that does not end at
+once) or after it (BIND, UDP ASSOCIATE, an unsupported or malformed
+request).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from tests.server.test_faults import FaultTestCase, _blackhole
+from tests.server.test_protocol import FakeResolver
+from txsocksgss.auth.conversation import ANONYMOUS, AuthResult, AuthStep
+from txsocksgss.interfaces import IServerAuthenticator, IServerAuthenticatorFactory
+from txsocksgss.server.config import Config
+from txsocksgss.server.lean import LeanListener, LeanSession, LeanTCPServerEndpoint, lean_available, lean_endpoint
+from txsocksgss.server.service import makeServerFactory
+from txsocksgss.server.splice import SpliceRelay
+from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request
+
+
+@implementer(IServerAuthenticator)
+class _Later:
+    """Method none, but the result comes later (a Deferred): not the lean path's to run."""
+
+    method = 0x00
+
+    def begin(self) -> Deferred[AuthStep]:
+        return deferLater(reactor, 0, lambda: AuthStep(result=AuthResult.success(ANONYMOUS)))
+
+    def receive(self, data: bytes) -> AuthStep:  # pragma: no cover
+        raise AssertionError("no subnegotiation")
+
+    def abort(self) -> None:
+        pass
+
+
+@implementer(IServerAuthenticatorFactory)
+class _LaterFactory:
+    method = 0x00
+    name = "none"
+
+    def buildAuthenticator(self, session: Any) -> IServerAuthenticator:
+        return _Later()
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.replied: list[Any] = []
+        self.finished: list[Any] = []
+
+    def sessionReplied(self, record: Any) -> None:
+        self.replied.append(record)
+
+    def sessionFinished(self, record: Any) -> None:
+        self.finished.append(record)
+
+
+class LeanTests(FaultTestCase):
+    @inlineCallbacks
+    def startLean(self, authenticators: Any = None, interface: str = "127.0.0.1", **config: Any) -> Any:
+        """A lean listener on ``interface`` with a server built from ``Config.build(**config)``."""
+        config.setdefault("listen", ["tcp:0:interface=127.0.0.1"])
+        factory = makeServerFactory(Config.build(**config), reactor, authenticators=authenticators)
+        self.assertTrue(factory.leanSessions)
+        listener = yield LeanTCPServerEndpoint(reactor, 0, interface).listen(factory)
+        self.assertIsInstance(listener, LeanListener)
+        self.addCleanup(self._stopLean, listener, factory)
+        return listener.getHost().port, factory
+
+    @inlineCallbacks
+    def _stopLean(self, listener: Any, factory: Any) -> Any:
+        yield listener.stopListening()
+        factory.context.closeSessions()
+        yield factory.context.whenDrained()
+
+    def connect(self, port: int, request: Request) -> Deferred[Any]:
+        return self.connectScripted(port, request)
+
+    # -- the lean sessions ------------------------------------------------------
+
+    @inlineCallbacks
+    def test_connect_is_served_by_a_lean_session_and_spliced(self):
+        port, factory = yield self.startLean()
+        observer = _Observer()
+        factory.observers.append(observer)
+        client = yield self.connect(port, Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)))
+        reply = yield client.reply(0)
+        self.assertEqual(reply.code, ReplyCode.SUCCEEDED)
+        [session] = factory.context.sessions
+        self.assertIsInstance(session, LeanSession)
+        self.assertIsInstance(session.relay, SpliceRelay)
+        upstream = session.relay.upstream
+        self.assertEqual((reply.bound.host, reply.bound.port), upstream.getsockname())
+        yield self.assertAlive(client)
+        client.transport.loseConnection()
+        yield client.lost
+        yield factory.context.whenDrained()
+        line = self.sessionLine("closed", "client closed")
+        self.assertIn(f"socks5 user=- method=none protection=- command=connect "
+                      f"destination=127.0.0.1:{self.echo_port} up=16 down=16", line)
+        self.assertEqual([r.outcome for r in observer.finished], [session.record.outcome])
+        self.assertEqual(observer.replied, observer.finished)
+
+    @inlineCallbacks
+    def test_a_name_is_resolved_and_judged(self):
+        port, factory = yield self.startLean()
+        factory.context.resolver = FakeResolver({"echo.test": ["127.0.0.1"]})
+        client = yield self.connect(port, Request(Command.CONNECT, Address.of("echo.test", self.echo_port)))
+        self.assertEqual((yield client.reply(0)).code, ReplyCode.SUCCEEDED)
+        yield self.assertAlive(client)
+        unknown = yield self.connect(port, Request(Command.CONNECT, Address.of("nowhere.test", 80)))
+        self.assertEqual((yield unknown.reply(0)).code, ReplyCode.HOST_UNREACHABLE)
+        yield unknown.lost
+        self.assertIn("destination=nowhere.test:80", self.sessionLine("host unreachable: "))
+
+    @inlineCallbacks
+    def test_refused_is_05(self):
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
+        closed.close()
+        port, _factory = yield self.startLean()
+        client = yield self.connect(port, Request(Command.CONNECT, Address.of("127.0.0.1", closed_port)))
+        self.assertEqual((yield client.reply(0)).code, ReplyCode.CONNECTION_REFUSED)
+        yield client.lost
+        self.sessionLine("connection refused: ")
+
+    @inlineCallbacks
+    def test_denied_by_the_rules_is_02(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f'default = "allow"\n\n[[rule]]\naction = "deny"\nname = "no-echo"\nports = [{self.echo_port}]\n')
+        port, _factory = yield self.startLean(rules_file=path)
+        client = yield self.connect(port, Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)))
+        self.assertEqual((yield client.reply(0)).code, ReplyCode.NOT_ALLOWED)
+        yield client.lost
+        self.assertIn("outcome=denied by rule 1 (no-echo)", self.sessionLine("denied by "))
+        self.assertTrue([line for line in self.logs if line.startswith("denied connect to 127.0.0.1:")])
+
+    @inlineCallbacks
+    def test_the_destination_guard_is_asked_first(self):
+        port, factory = yield self.startLean(destination_guard="on")
+        factory.context.resolver = FakeResolver({"localhost": ["127.0.0.1"]})
+        for host in ("127.0.0.1", "localhost"):
+            client = yield self.connect(port, Request(Command.CONNECT, Address.of(host, self.echo_port)))
+            self.assertEqual((yield client.reply(0)).code, ReplyCode.NOT_ALLOWED)
+            yield client.lost
+        self.assertEqual(len([line for line in self.logs
+                              if "outcome=denied by destination guard (loopback)" in line]), 2)
+
+    @inlineCallbacks
+    def test_negotiation_timeouts(self):
+        listener, filler = _blackhole()
+        self.addCleanup(listener.close)
+        self.addCleanup(filler.close)
+        port, _factory = yield self.startLean(negotiation_timeout=0.3)
+        silent = yield self.connectRaw(port)
+        half = yield self.connectRaw(port)
+        half.transport.write(b"\x05\x01\x00")
+        yield half.waitFor(2)
+        stuck = yield self.connect(port, Request(Command.CONNECT, Address.of("127.0.0.1", listener.getsockname()[1])))
+        self.assertEqual((yield stuck.reply(0)).code, ReplyCode.TTL_EXPIRED)
+        yield silent.lost
+        yield half.lost
+        self.sessionLine("negotiation timeout in greeting")
+        self.sessionLine("negotiation timeout in request")
+        self.sessionLine(f"negotiation timeout while connecting to 127.0.0.1:{listener.getsockname()[1]}")
+
+    @inlineCallbacks
+    def test_a_client_gone_during_negotiation(self):
+        port, factory = yield self.startLean()
+        client = yield self.connectRaw(port)
+        client.transport.write(b"\x05\x01\x00")
+        yield client.waitFor(2)
+        client.transport.loseConnection()
+        yield client.lost
+        yield factory.context.whenDrained()
+        self.assertIn("method=none", self.sessionLine("client closed during negotiation"))
+
+    @inlineCallbacks
+    def test_pipelined_data_goes_first_through_the_splice(self):
+        port, factory = yield self.startLean()
+        client = yield self.connectRaw(port)
+        request = Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)).serialize()
+        client.transport.write(b"\x05\x01\x00" + request + b"pipelined")
+        received = yield client.waitFor(12 + len(b"pipelined"))
+        self.assertEqual(received[:4], b"\x05\x00\x05\x00")
+        self.assertEqual(received[12:], b"pipelined")
+
+    @inlineCallbacks
+    def test_too_much_data_before_the_reply_is_a_general_failure(self):
+        listener, filler = _blackhole()
+        self.addCleanup(listener.close)
+        self.addCleanup(filler.close)
+        port, _factory = yield self.startLean()
+        client = yield self.connectRaw(port)
+        request = Request(Command.CONNECT, Address.of("127.0.0.1", listener.getsockname()[1])).serialize()
+        client.transport.write(b"\x05\x01\x00" + request)
+        yield client.waitFor(2)
+        client.transport.write(b"x" * (300 * 1024))
+        received = yield client.lost
+        self.assertEqual(received[2:4], b"\x05\x01")
+        self.sessionLine("client sent too much data before the reply")
+
+    @inlineCallbacks
+    def test_admission_refusal_resets_at_once(self):
+        port, factory = yield self.startLean(max_sessions=1)
+        first = yield self.connect(port, Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)))
+        yield first.reply(0)
+        from tests.server.test_faults import _RawClient
+        from twisted.internet.error import ConnectError
+
+        second = _RawClient()
+        try:
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), second)
+        except ConnectError:
+            pass  # reset before the connect was even reported
+        else:
+            yield second.lost
+        self.assertEqual(second.received, b"")
+        self.assertEqual(len(factory.context.sessions), 1)
+        self.assertTrue([line for line in self.logs if "refused connection from 127.0.0.1:" in line
+                         and "--max-sessions" in line], self.logs)
+
+    @inlineCallbacks
+    def test_server_shutdown_closes_negotiating_and_relaying_sessions(self):
+        port, factory = yield self.startLean()
+        relaying = yield self.connect(port, Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)))
+        yield relaying.reply(0)
+        negotiating = yield self.connectRaw(port)
+        negotiating.transport.write(b"\x05\x01\x00")
+        yield negotiating.waitFor(2)  # the method is chosen: the session waits for the request
+        self.assertEqual(len(factory.context.sessions), 2)
+        factory.context.closeSessions()
+        yield factory.context.whenDrained()
+        yield relaying.lost
+        yield negotiating.lost
+        self.assertEqual(len([line for line in self.logs if "outcome=server shutdown" in line]), 2)
+
+    @inlineCallbacks
+    def test_an_ipv6_listener_and_client(self):
+        port, factory = yield self.startLean(interface="::1")
+        from twisted.internet.endpoints import TCP6ClientEndpoint
+        from tests.support import ScriptedClient
+
+        client = ScriptedClient(Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)))
+        yield connectProtocol(TCP6ClientEndpoint(reactor, "::1", port), client)
+        self.assertEqual((yield client.reply(0)).code, ReplyCode.SUCCEEDED)
+        yield self.assertAlive(client)
+        client.transport.loseConnection()
+        yield client.lost
+        yield factory.context.whenDrained()
+        self.assertIn("session client=[::1]:", self.sessionLine("closed", "client closed"))
+
+    # -- handed to the protocol -------------------------------------------------
+
+    @inlineCallbacks
+    def handedOff(self, port: int, factory: Any, sent: bytes, expected: int) -> Any:
+        client = yield self.connectRaw(port)
+        client.transport.write(sent)
+        received = yield client.waitFor(expected)
+        sessions = list(factory.context.sessions)
+        self.assertFalse([s for s in sessions if isinstance(s, LeanSession)], sessions)
+        return client, received, sessions
+
+    @inlineCallbacks
+    def test_no_acceptable_method_is_the_protocols_answer(self):
+        port, factory = yield self.startLean()
+        client, received, _ = yield self.handedOff(port, factory, b"\x05\x01\x02", 2)
+        self.assertEqual(received, b"\x05\xff")
+        yield client.lost
+        self.sessionLine("no acceptable method (client offered 0x02)")
+
+    @inlineCallbacks
+    def test_a_malformed_greeting_is_the_protocols_to_answer(self):
+        port, factory = yield self.startLean()
+        client = yield self.connectRaw(port)
+        client.transport.write(b"\x07\x01\x00")
+        yield client.lost
+        self.sessionLine("protocol error in greeting: ")
+
+    @inlineCallbacks
+    def test_socks4_is_handed_off(self):
+        port, factory = yield self.startLean(methods=["none", "socks4"])
+        request = struct.pack("!BBH4s", 4, 1, self.echo_port, socket.inet_aton("127.0.0.1")) + b"me\x00"
+        client, received, _ = yield self.handedOff(port, factory, request, 8)
+        self.assertEqual(received[:2], b"\x00\x5a")
+        client.transport.write(b"ping")
+        received = yield client.waitFor(12)
+        self.assertEqual(received[8:], b"ping")
+
+    @inlineCallbacks
+    def test_a_method_that_does_not_end_at_once_is_run_by_the_protocol(self):
+        port, factory = yield self.startLean(authenticators=[_LaterFactory()])
+        request = Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)).serialize()
+        client, received, sessions = yield self.handedOff(port, factory, b"\x05\x01\x00" + request, 12)
+        self.assertEqual(received[:4], b"\x05\x00\x05\x00")
+        self.assertEqual(len(sessions), 1)
+
+    @inlineCallbacks
+    def test_bind_resumes_in_the_protocol_after_the_method(self):
+        port, factory = yield self.startLean()
+        client = yield self.connect(port, Request(Command.BIND, Address.of("127.0.0.1", 0)))
+        first = yield client.reply(0)
+        self.assertEqual(first.code, ReplyCode.SUCCEEDED)
+        [session] = factory.context.sessions
+        self.assertNotIsInstance(session, LeanSession)
+        self.assertEqual(session.record.method, "none")
+        self.assertEqual(session.record.command, "bind")
+        inbound = socket.create_connection((first.bound.host, first.bound.port))
+        self.addCleanup(inbound.close)
+        second = yield client.reply(1)
+        self.assertEqual(second.code, ReplyCode.SUCCEEDED)
+
+    @inlineCallbacks
+    def test_udp_associate_resumes_in_the_protocol(self):
+        port, factory = yield self.startLean()
+        client = yield self.connect(port, Request(Command.UDP_ASSOCIATE, Address.of("0.0.0.0", 0)))
+        self.assertEqual((yield client.reply(0)).code, ReplyCode.SUCCEEDED)
+        [session] = factory.context.sessions
+        self.assertEqual(session.record.command, "udp")
+
+    @inlineCallbacks
+    def test_an_unsupported_command_gets_the_protocols_07(self):
+        port, factory = yield self.startLean()
+        client, received, _ = yield self.handedOff(
+            port, factory, b"\x05\x01\x00" + b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50", 12)
+        self.assertEqual(received[:4], b"\x05\x00\x05\x07")
+        yield client.lost
+        self.assertIn("method=none", self.sessionLine("bad request: "))
+
+
+class LeanEndpointTests(SynchronousTestCase):
+    def test_only_plain_tcp_descriptions(self):
+        endpoint = lean_endpoint(reactor, "tcp:1080:interface=127.0.0.1:backlog=7", reuse_port=False)
+        self.assertEqual((endpoint.port, endpoint.interface, endpoint.backlog), (1080, "127.0.0.1", 7))
+        six = lean_endpoint(reactor, "tcp6:port=1080:interface=\\:\\:1", reuse_port=True)
+        self.assertEqual((six.port, six.interface, six.backlog, six.reuse_port), (1080, "::1", 1024, True))
+        self.assertEqual(lean_endpoint(reactor, "tcp6:1080", reuse_port=False).interface, "::")
+        for other in ("ssl:1080:privateKey=k.pem", "haproxy:tcp:1080", "unix:/tmp/s", "tcp:1080:reuse=1",
+                      "tcp:http", "tcp:1080:interface=\\:\\:1"):
+            self.assertIsNone(lean_endpoint(reactor, other, reuse_port=False), other)
+
+    def test_available_with_splice_and_epoll_only(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        self.assertEqual(lean_available(reactor, True), type(reactor).__name__ == "EPollReactor")
+        self.assertFalse(lean_available(reactor, False))
+        self.assertFalse(lean_available(MemoryReactorClock(), True))
+
+
+class LeanFallbackTests(FaultTestCase):
+    @inlineCallbacks
+    def test_a_factory_that_is_not_lean_gets_twisteds_port(self):
+        factory = makeServerFactory(Config.build(listen=["tcp:0:interface=127.0.0.1"], splice=False), reactor)
+        self.assertFalse(factory.leanSessions)
+        port = yield LeanTCPServerEndpoint(reactor, 0, "127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        self.assertNotIsInstance(port, LeanListener)
+        client = yield self.connectScripted(port.getHost().port,
+                                            Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)))
+        self.assertEqual((yield client.reply(0)).code, ReplyCode.SUCCEEDED)
+        yield self.assertAlive(client)
+
+    @inlineCallbacks
+    def test_reuse_port_lets_two_listeners_share_a_port(self):
+        factory = makeServerFactory(Config.build(listen=["tcp:0:interface=127.0.0.1"]), reactor)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        number = probe.getsockname()[1]
+        probe.close()
+        first = yield LeanTCPServerEndpoint(reactor, number, "127.0.0.1", reuse_port=True).listen(factory)
+        second = yield LeanTCPServerEndpoint(reactor, number, "127.0.0.1", reuse_port=True).listen(factory)
+        self.addCleanup(first.stopListening)
+        self.addCleanup(second.stopListening)
+        self.assertEqual(first.getHost().port, second.getHost().port)
+
+    def test_a_port_in_use_fails_with_cannot_listen(self):
+        from twisted.internet.error import CannotListenError
+
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        factory = makeServerFactory(Config.build(listen=["tcp:0:interface=127.0.0.1"]), reactor)
+        d = LeanTCPServerEndpoint(reactor, taken.getsockname()[1], "127.0.0.1").listen(factory)
+        return self.assertFailure(d, CannotListenError)
+
