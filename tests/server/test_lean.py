@@ -11,6 +11,8 @@ request).
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 from typing import Any
@@ -246,11 +248,17 @@ class LeanTests(FaultTestCase):
         negotiating.transport.write(b"\x05\x01\x00")
         yield negotiating.waitFor(2)  # the method is chosen: the session waits for the request
         self.assertEqual(len(factory.context.sessions), 2)
+        reasons: list[Any] = []
+        negotiating.connectionLost = lambda reason=None: (reasons.append(reason),  # type: ignore[method-assign]
+                                                          negotiating.lost.callback(negotiating.received))
         factory.context.closeSessions()
         yield factory.context.whenDrained()
         yield relaying.lost
         yield negotiating.lost
         self.assertEqual(len([line for line in self.logs if "outcome=server shutdown" in line]), 2)
+        from twisted.internet.error import ConnectionLost
+
+        self.assertTrue(reasons[0].check(ConnectionLost), reasons)  # reset, as the protocol aborts
 
     @inlineCallbacks
     def test_an_ipv6_listener_and_client(self):
@@ -336,6 +344,63 @@ class LeanTests(FaultTestCase):
         self.assertEqual(session.record.command, "udp")
 
     @inlineCallbacks
+    def test_a_hand_off_keeps_the_session_open_for_the_drain(self):
+        port, factory = yield self.startLean(methods=["none", "socks4"])
+        client = yield self.connectRaw(port)
+        self.assertEqual(len(factory.context.sessions), 1)  # accepted: the lean session
+        drained = factory.context.whenDrained()
+        request = struct.pack("!BBH4s", 4, 1, self.echo_port, socket.inet_aton("127.0.0.1")) + b"me\x00"
+        client.transport.write(request)
+        yield client.waitFor(8)
+        self.assertFalse(drained.called)  # the session went from lean to protocol without a gap
+        [session] = factory.context.sessions
+        self.assertNotIsInstance(session, LeanSession)
+        client.transport.loseConnection()
+        yield drained
+
+    @inlineCallbacks
+    def test_a_hand_off_keeps_the_admission_the_record_and_the_deadline(self):
+        port, factory = yield self.startLean(authenticators=[_LaterFactory()], max_sessions=1,
+                                             negotiation_timeout=5)
+        sessions: list[Any] = []
+        handed: Deferred[Any] = Deferred()
+        started = factory.context.sessionStarted
+
+        def sessionStarted(session: Any) -> None:
+            started(session)
+            sessions.append(session)
+            if not isinstance(session, LeanSession):
+                handed.callback(session)
+
+        factory.context.sessionStarted = sessionStarted  # type: ignore[method-assign]
+        client = yield self.connectRaw(port)
+        client.transport.write(b"\x05\x01\x00")  # method none, but one that answers later: handed off
+        session = yield handed
+        lean = sessions[0]
+        self.assertIsInstance(lean, LeanSession)
+        self.assertIs(session.record, lean.record)  # started at accept, not at the hand-off
+        self.assertEqual(factory.context.limits.sessions, 1)  # admitted once
+        self.assertEqual(factory.context.limits.negotiating, 1)
+        deadline = session._negotiation_timer.getTime()
+        self.assertLess(abs(deadline - (lean.record.started + 5)), 0.01)
+        self.assertEqual((yield client.waitFor(2)), b"\x05\x00")
+
+    @inlineCallbacks
+    def test_a_hand_off_that_fails_still_logs_the_session(self):
+        def refuse(*args: Any) -> None:
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+
+        port, factory = yield self.startLean()
+        self.patch(reactor, "adoptStreamConnection", refuse)
+        client = yield self.connectRaw(port)
+        client.transport.write(b"\x05\x01\x02")  # method 02 only: handed off
+        yield client.lost
+        yield factory.context.whenDrained()
+        self.sessionLine("client closed during negotiation")
+        self.assertEqual(factory.context.limits.sessions, 0)
+        self.assertTrue([line for line in self.logs if "could not hand a connection from" in line])
+
+    @inlineCallbacks
     def test_an_unsupported_command_gets_the_protocols_07(self):
         port, factory = yield self.startLean()
         client, received, _ = yield self.handedOff(
@@ -352,8 +417,9 @@ class LeanEndpointTests(SynchronousTestCase):
         six = lean_endpoint(reactor, "tcp6:port=1080:interface=\\:\\:1", reuse_port=True)
         self.assertEqual((six.port, six.interface, six.backlog, six.reuse_port), (1080, "::1", 1024, True))
         self.assertEqual(lean_endpoint(reactor, "tcp6:1080", reuse_port=False).interface, "::")
+        self.assertEqual(lean_endpoint(reactor, "tcp:1080:interface=\\:\\:1", reuse_port=False).interface, "::1")
         for other in ("ssl:1080:privateKey=k.pem", "haproxy:tcp:1080", "unix:/tmp/s", "tcp:1080:reuse=1",
-                      "tcp:http", "tcp:1080:interface=\\:\\:1"):
+                      "tcp:http"):
             self.assertIsNone(lean_endpoint(reactor, other, reuse_port=False), other)
 
     def test_available_with_splice_and_epoll_only(self):
@@ -400,4 +466,79 @@ class LeanFallbackTests(FaultTestCase):
         factory = makeServerFactory(Config.build(listen=["tcp:0:interface=127.0.0.1"]), reactor)
         d = LeanTCPServerEndpoint(reactor, taken.getsockname()[1], "127.0.0.1").listen(factory)
         return self.assertFailure(d, CannotListenError)
+
+    def test_a_port_out_of_range_fails_with_cannot_listen(self):
+        from twisted.internet.error import CannotListenError
+
+        factory = makeServerFactory(Config.build(listen=["tcp:0:interface=127.0.0.1"]), reactor)
+        return self.assertFailure(LeanTCPServerEndpoint(reactor, 70000, "127.0.0.1").listen(factory),
+                                  CannotListenError)
+
+    @inlineCallbacks
+    def test_stop_listening_fires_once_the_port_is_free_again(self):
+        factory = makeServerFactory(Config.build(listen=["tcp:0:interface=127.0.0.1"]), reactor)
+        listener = yield LeanTCPServerEndpoint(reactor, 0, "127.0.0.1").listen(factory)
+        number = listener.getHost().port
+        yield listener.stopListening()
+        again = yield LeanTCPServerEndpoint(reactor, number, "127.0.0.1").listen(factory)
+        yield again.stopListening()
+
+
+class _FailingAccepts:
+    """A listening socket whose accept() raises the errors given, then has nothing (EAGAIN)."""
+
+    family = socket.AF_INET
+
+    def __init__(self, *errors: int) -> None:
+        self.errors = list(errors)
+        self.accepts = 0
+
+    def fileno(self) -> int:
+        return 99
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 1080)
+
+    def accept(self) -> Any:
+        self.accepts += 1
+        if self.errors:
+            number = self.errors.pop(0)
+            raise OSError(number, os.strerror(number))
+        raise BlockingIOError()
+
+
+class LeanAcceptErrorTests(SynchronousTestCase):
+    def listener(self, *errors: int) -> tuple[LeanListener, Any, _FailingAccepts]:
+        from twisted.internet.testing import MemoryReactorClock
+
+        clock = MemoryReactorClock()
+        factory = makeServerFactory(Config.build(listen=["tcp:0:interface=127.0.0.1"]), clock)
+        sock = _FailingAccepts(*errors)
+        listener = LeanListener(clock, sock, factory)  # type: ignore[arg-type]
+        listener.startListening()
+        return listener, clock, sock
+
+    def test_out_of_descriptors_pauses_accepting_instead_of_spinning(self):
+        listener, clock, sock = self.listener(errno.EMFILE)
+        listener.doRead()
+        self.assertEqual(sock.accepts, 1)
+        self.assertNotIn(listener, clock.getReaders())  # the backlog waits; no busy loop
+        clock.advance(0.1)
+        self.assertIn(listener, clock.getReaders())
+
+    def test_one_failed_connection_does_not_stop_the_others(self):
+        listener, clock, sock = self.listener(errno.ECONNABORTED, errno.EPERM, errno.EPROTO)
+        listener.doRead()
+        self.assertEqual(sock.accepts, 4)  # three failures, then nothing more waiting
+        self.assertIn(listener, clock.getReaders())
+
+    def test_an_unexpected_error_is_logged_and_the_listener_goes_on(self):
+        from twisted.logger import capturedLogs
+
+        listener, clock, sock = self.listener(errno.EINVAL)
+        with capturedLogs() as events:
+            listener.doRead()
+        self.assertIn(listener, clock.getReaders())
+        self.assertTrue([e for e in events if e.get("log_format") == "accept failed"])
+        self.flushLoggedErrors(OSError)
 

@@ -466,9 +466,10 @@ class BufferCapTests(SynchronousTestCase):
         for byte in b"\x05\xff" + bytes(range(255)):
             protocol.dataReceived(bytes([byte]))
         self.assertEqual(transport.value(), b"\x05\x00")
-        for byte in b"\x05\x01\x00\x03\xff" + b"a" * 255 + b"\x00\x50":
+        longest = ".".join(["a" * 63] * 4)  # 255 characters in labels of at most 63
+        for byte in b"\x05\x01\x00\x03\xff" + longest.encode() + b"\x00\x50":
             protocol.dataReceived(bytes([byte]))
-        self.assertEqual(harness.resolver.asked, ["a" * 255])
+        self.assertEqual(harness.resolver.asked, [longest])
 
     def test_bytes_sent_while_authentication_waits_are_capped(self):
         harness = Harness(authenticators=[_WaitingFactory()])

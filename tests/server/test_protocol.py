@@ -439,8 +439,9 @@ class HostileInputTests(SynchronousTestCase):
     def test_oversized_garbage_in_request_state_closes(self) -> None:
         harness = ServerHarness()
         harness.send(b"\x05\x01\x00")
-        harness.send(b"\x05\x01\x00\x03\xff" + b"a" * 255 + b"\x00\x50")  # longest valid request
-        self.assertEqual(harness.resolver.asked, ["a" * 255])
+        longest = ".".join(["a" * 63] * 4)  # 255 characters in labels of at most 63
+        harness.send(b"\x05\x01\x00\x03\xff" + longest.encode() + b"\x00\x50")  # longest valid request
+        self.assertEqual(harness.resolver.asked, [longest])
 
 
 
@@ -481,3 +482,17 @@ class DirectWriteTests(SynchronousTestCase):
         transport = StringTransport()
         self.assertFalse(_writeNow(transport, b"\x05\x00"))
         self.assertEqual(transport.value(), b"\x05\x00")
+
+
+class ResolveTests(SynchronousTestCase):
+    def test_a_name_no_resolver_can_look_up_fails_at_once(self):
+        from txsocksgss.server.outbound import DestinationUnresolved, resolve
+
+        class Untouched:
+            def resolveHostName(self, *args: Any, **kwargs: Any) -> None:
+                raise AssertionError("not for a resolver")
+
+        d = resolve(Untouched(), "a" * 64 + ".test", 80)
+        failure = self.failureResultOf(d, DestinationUnresolved)
+        self.assertIn("is not a host name", failure.getErrorMessage())
+

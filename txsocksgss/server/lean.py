@@ -29,10 +29,13 @@ the protocol:
   resumes from the method's result (`SOCKS5ServerProtocol.resumeAfterMethod`)
   and parses the request itself.
 
-A handed-off connection leaves this session without a log line: the
-protocol starts its own session (admission, record, timer) and logs it.
-Replies, outcomes in the session line, timeouts and limits are those of
-the protocol.  The listener is only used where splicing is (Linux, an
+A handed-off connection keeps its session: the protocol takes over its
+admission, its record (from the time of accept) and its negotiation
+deadline (`txsocksgss.server.protocol.Handover`), and logs it.  Replies,
+outcomes in the session line, timeouts and limits are those of the
+protocol.  The listener is hardened as Twisted's port is: an accept error
+of one connection does not stop the others, and running out of
+descriptors pauses accepting for a moment instead of spinning.  The listener is only used where splicing is (Linux, an
 epoll reactor, ``splice`` on): see `lean_available`.
 """
 
@@ -48,6 +51,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReadDescriptor, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -59,6 +63,7 @@ from txsocksgss.server.limits import Refusal
 from txsocksgss.server.outbound import ip_literal, resolve
 from txsocksgss.server.protocol import (
     _CONNECT_TIMEOUT,
+    Handover,
     _EARLY_DATA_LIMIT,
     _NEGOTIATION_BUFFER_LIMIT,
     _format_destination,
@@ -94,9 +99,27 @@ _UNSPECIFIED = Address.of("0.0.0.0", 0)
 _ACCEPTS_PER_EVENT = 100
 # accept() errors that say "no more now", not "this connection failed".
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# accept() errors of one connection (accept(2): Linux passes network errors
+# on, and a firewall may forbid one): try the next.
+_ACCEPT_RETRY = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO, errno.ENETDOWN, errno.ENOPROTOOPT,
+                 errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH)
+# How long the listener stops accepting when out of descriptors or memory.
+_ACCEPT_PAUSE = 0.1
 
 _GREETING, _REQUEST, _CONNECTING, _RELAYING, _DONE = range(5)
 _STATE_NAMES = {_GREETING: "greeting", _REQUEST: "request"}
+
+
+class _Given(Factory):
+    """The factory of one connection whose protocol is already built."""
+
+    noisy = False
+
+    def __init__(self, protocol: Any) -> None:
+        self.given = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.given
 
 
 def lean_available(reactor: Any, splice: bool) -> bool:
@@ -130,6 +153,7 @@ class LeanListener:
         # Bound to one address, every connection has that local address.
         self.fixedHost = None if host in ("0.0.0.0", "::") else (host, port)
         self.listening = False
+        self._resume: Any = None
 
     def fileno(self) -> int:
         return self._fd
@@ -144,20 +168,30 @@ class LeanListener:
         self.factory.doStart()
         self.listening = True
         self.reactor.addReader(self)
+        _log.info("{factory} starting on {port}", factory=type(self.factory).__name__, port=self._address.port)
 
     def stopListening(self) -> Deferred[None]:
-        """Stop accepting and close the socket (open sessions go on)."""
-        if self.listening:
-            self.listening = False
-            self.reactor.removeReader(self)
-            self.reactor.callLater(0, self.socket.close)  # not within an event batch
-            self.factory.doStop()
-        return succeed(None)
-
-    def connectionLost(self, reason: Failure) -> None:
-        _log.info("listening socket lost: {why}", why=reason.getErrorMessage())
+        """Stop accepting; fires once the socket is closed (open sessions go on)."""
+        closed: Deferred[None] = Deferred()
+        if not self.listening:
+            closed.callback(None)
+            return closed
         self.listening = False
-        self.socket.close()
+        self.reactor.removeReader(self)
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+
+        def close() -> None:  # not within an event batch
+            self.socket.close()
+            self.factory.doStop()
+            _log.info("(TCP Port {port} Closed)", port=self._address.port)
+            closed.callback(None)
+
+        self.reactor.callLater(0, close)
+        return closed
+
+    def connectionLost(self, reason: Failure) -> None:  # pragma: no cover - a listening socket does not hang up
+        _log.info("listening socket lost: {why}", why=reason.getErrorMessage())
 
     def doRead(self) -> None:
         for _ in range(_ACCEPTS_PER_EVENT):
@@ -166,14 +200,35 @@ class LeanListener:
             except BlockingIOError:
                 return
             except OSError as error:
-                if error.errno == errno.ECONNABORTED:
-                    continue
+                if error.errno in _ACCEPT_RETRY:
+                    continue  # that connection failed; the next may not
                 if error.errno in _ACCEPT_EXHAUSTED:
-                    _log.info("could not accept a connection: {why}", why=os.strerror(error.errno))
-                    return
-                raise
-            sock.setblocking(False)
-            LeanSession(self, sock, peer).start()
+                    self._pause(os.strerror(error.errno))
+                else:
+                    _log.failure("accept failed")
+                return
+            try:
+                sock.setblocking(False)
+                LeanSession(self, sock, peer).start()
+            except Exception:
+                _log.failure("could not start a session")
+                sock.close()
+
+    def _pause(self, why: str) -> None:
+        """
+        Out of descriptors or memory: the waiting connection stays in the
+        backlog and the socket stays readable, so stop reading it for a
+        moment instead of trying again at once (a busy loop).
+        """
+        _log.info("could not accept a connection: {why}; accepting again in {delay}s", why=why,
+                  delay=_ACCEPT_PAUSE)
+        self.reactor.removeReader(self)
+        self._resume = self.reactor.callLater(_ACCEPT_PAUSE, self._resumeAccepting)
+
+    def _resumeAccepting(self) -> None:
+        self._resume = None
+        if self.listening:
+            self.reactor.addReader(self)
 
 
 @implementer(IReadDescriptor)
@@ -211,6 +266,10 @@ class LeanSession:
     def start(self) -> None:
         """Admit the connection (or refuse it), start the negotiation timer and read."""
         host, port = self.peer[0], self.peer[1]
+        if len(self.peer) == 4 and self.peer[3]:
+            # A link-local IPv6 peer: with its scope (fe80::1%eth0), as Twisted shows it.
+            host = socket.getnameinfo(self.peer, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+            self.peer = (host, port)
         client = _format_destination(host, port)
         now = self.reactor.seconds()
         admission = self.context.limits.admit(host, now)
@@ -393,7 +452,7 @@ class LeanSession:
         if self.relay is not None:
             self.relay.close("server shutdown")
         else:
-            self._close("server shutdown")
+            self._close("server shutdown", abort=True)
 
     def _endNegotiation(self) -> None:
         """The first reply, or the end: stop the negotiation timer, leave the negotiating count."""
@@ -405,7 +464,10 @@ class LeanSession:
             self._ticket.negotiated()
 
     def _stopWork(self) -> None:
-        self._endNegotiation()
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -416,8 +478,8 @@ class LeanSession:
             self._reading = False
             self.reactor.removeReader(self)
 
-    def _close(self, outcome: str, reply: ReplyCode | None = None) -> None:
-        """End the session before the relay: the reply owed, the log line, the close (next turn)."""
+    def _close(self, outcome: str, reply: ReplyCode | None = None, abort: bool = False) -> None:
+        """End the session before the relay: the reply owed, the log line, the close (next turn; ``abort``: a reset)."""
         if self.state in (_RELAYING, _DONE):
             return
         self.state = _DONE
@@ -426,6 +488,11 @@ class LeanSession:
             self._send(self._reply(reply, _UNSPECIFIED))
         assert self.record is not None
         self.record.finish(self.reactor.seconds(), outcome)
+        if abort:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            except OSError:
+                pass
         # Not within this batch of events (see SpliceRelay._end).
         self.reactor.callLater(0, self.sock.close)
         self._ticket.release()
@@ -433,27 +500,33 @@ class LeanSession:
 
     def _handOff(self, received: bytes | None = None, resume: bool = False) -> None:
         """
-        Give the connection to the protocol: before anything was sent (it
-        gets every byte received: ``received``, else the buffer), or after
-        the method (``resume``: it goes on from the method's result with the
-        bytes after the greeting).
+        Give the connection to the protocol, with the session as it stands
+        (`Handover`: the admission, still negotiating; the record; the
+        deadline): before anything was sent (it gets every byte received:
+        ``received``, else the buffer), or after the method (``resume``: it
+        goes on from the method's result with the bytes after the greeting).
         """
+        assert self.record is not None
         self.state = _DONE
         self._stopWork()
-        self._ticket.release()
-        self.context.sessionEnded(self)
         data = received if received is not None else self._buffer.take_all()
+        record = self.record
+        record.observers.clear()  # the protocol adds them again
+        protocol = self.listener.factory.buildProtocol(_address_object(self.sock.family, self.peer))
+        protocol.handover = Handover(self._ticket, record, record.started + self.context.negotiation_timeout)
         try:
-            transport = self.reactor.adoptStreamConnection(self._fd, self.sock.family, self.listener.factory)
-        except OSError as error:
-            _log.info("could not hand a connection from {client} over: {why}",
-                      client=self.record.client if self.record else "-", why=os.strerror(error.errno or 0))
-            transport = None
-        # The transport has its own duplicate of the descriptor.
-        self.reactor.callLater(0, self.sock.close)
-        protocol = getattr(transport, "protocol", None)
-        if protocol is None:
+            # The transport has its own duplicate of the descriptor.
+            self.reactor.adoptStreamConnection(self._fd, self.sock.family, _Given(protocol))
+        except Exception as error:
+            why = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else repr(error)
+            _log.info("could not hand a connection from {client} over: {why}", client=record.client, why=why)
+            record.observers.extend(self.listener.factory.observers)
+            record.finish(self.reactor.seconds(), "client closed during negotiation")
+            self._ticket.release()
             return
+        finally:
+            self.reactor.callLater(0, self.sock.close)
+            self.context.sessionEnded(self)
         if resume:
             assert self._method is not None and self._result is not None
             protocol.resumeAfterMethod(self._method, self._result, data)
@@ -509,7 +582,7 @@ class LeanTCPServerEndpoint:
             port = self.reactor.adoptStreamPort(sock.fileno(), family, factory)
             sock.close()  # adoptStreamPort keeps its own copy
             return succeed(port)
-        except OSError as error:
+        except (OSError, OverflowError) as error:
             sock.close()
             return fail(CannotListenError(self.interface, self.port, error))
 
@@ -529,7 +602,5 @@ def lean_endpoint(reactor: Any, description: str, reuse_port: bool) -> LeanTCPSe
     if not port_text.isdigit() or len(positional) > 1:
         return None
     interface = keywords.get("interface", "::" if kind == "tcp6" else "0.0.0.0").strip("[]")
-    if kind == "tcp" and ":" in interface:
-        return None  # Twisted's tcp: refuses an IPv6 interface; let it say so
     backlog = int(keywords.get("backlog", "1024" if reuse_port else "50"))
     return LeanTCPServerEndpoint(reactor, int(port_text), interface, backlog, reuse_port)

@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -85,13 +85,19 @@ def resolve(resolver: IHostnameResolver, host: str, port: int) -> Deferred[list[
 
     IP literals are returned as they are, without a lookup.  Fails with
     `DestinationUnresolved` when the name has no address (DNS failure:
-    REP 04).  The Deferred has no time limit of its own (the negotiation
+    REP 04), or is no host name at all (it cannot be encoded with IDNA).  The Deferred has no time limit of its own (the negotiation
     timeout bounds it); cancelling it fails it with CancelledError and
     cancels the lookup when the resolver supports that.
     """
     literal = ip_literal(host)
     if literal is not None:
         return succeed([literal])
+    try:
+        # A name no resolver can look up (a label over 63 characters, say):
+        # Twisted's resolver would fail in its thread and never answer.
+        host.encode("idna")
+    except UnicodeError as error:
+        return fail(DestinationUnresolved(f"{host!r} is not a host name ({error})"))
     collector = _Collector(host)
     resolution = resolver.resolveHostName(collector, host, portNumber=port)
     if collector.resolution is None:

@@ -86,7 +86,7 @@ from txsocksgss.wire.socks5 import (
     parse_request,
 )
 
-__all__ = ["ServerContext", "SessionState", "SOCKS5ServerProtocol", "SOCKSServerFactory"]
+__all__ = ["Handover", "ServerContext", "SessionState", "SOCKS5ServerProtocol", "SOCKSServerFactory"]
 
 _log = Logger()
 
@@ -168,6 +168,20 @@ class ServerContext:
             session.shutdown()
 
 
+@dataclass
+class Handover:
+    """
+    A session started before the protocol got its connection
+    (`txsocksgss.server.lean`): its admission ``ticket`` (still
+    negotiating), its ``record`` (the time of accept, the client), and the
+    reactor time its negotiation must end by.
+    """
+
+    ticket: SessionTicket
+    record: SessionRecord
+    deadline: float
+
+
 def _method_name(factory: IServerAuthenticatorFactory | None) -> str:
     return factory.name if factory is not None else "-"
 
@@ -201,6 +215,9 @@ class SOCKS5ServerProtocol(Protocol):
         self.protection: IStreamProtection | None = None
         self._ticket: SessionTicket | None = None
         self._linger: IDelayedCall | None = None
+        #: Set before the connection is made to take over a session started
+        #: elsewhere (see `Handover`).
+        self.handover: Handover | None = None
         self._connection_lost = False
         # What a command is waiting for, for the negotiation timeout's log line.
         self._phase = "serving the request"
@@ -228,9 +245,20 @@ class SOCKS5ServerProtocol(Protocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _startSession(self) -> None:
+        now = self.context.reactor.seconds()
+        handover, self.handover = self.handover, None
+        if handover is not None:
+            # Admitted and timed already (txsocksgss.server.lean): the
+            # session goes on with its ticket, record and deadline.
+            self._ticket = handover.ticket
+            self.record = handover.record
+            self._negotiation_timer = self.context.reactor.callLater(
+                max(0.0, handover.deadline - now), self._negotiationTimedOut
+            )
+            self.context.sessionStarted(self)
+            return
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
-        now = self.context.reactor.seconds()
         client = _format_destination(host, getattr(peer, "port", 0)) if host is not None else "unix"
         admission = self.context.limits.admit(host, now)
         if isinstance(admission, Refusal):
