@@ -56,7 +56,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsocksgss.auth.conversation import AuthResult, AuthStep, SessionInfo
+from txsocksgss.auth.conversation import ANONYMOUS, AuthResult, AuthStep, SessionInfo
+from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.errors import ProtocolError
 from txsocksgss.server.direct import DirectConnector
 from txsocksgss.server.limits import Refusal
@@ -107,6 +108,8 @@ _ACCEPT_RETRY = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO, errno.ENETDOWN, 
 _ACCEPT_PAUSE = 0.1
 
 _GREETING, _REQUEST, _CONNECTING, _RELAYING, _DONE = range(5)
+# How method none (the stock NoAuthServerFactory) ends, at once.
+_NO_AUTHENTICATION = AuthResult.success(ANONYMOUS)
 _STATE_NAMES = {_GREETING: "greeting", _REQUEST: "request"}
 
 
@@ -304,7 +307,7 @@ class LeanSession:
             return
         if self.state == _GREETING:
             self._greeting()
-        if self.state == _REQUEST:
+        if self.state == _REQUEST and len(self._buffer):
             self._request()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -331,10 +334,14 @@ class LeanSession:
         if chosen is None or chosen.method != AuthMethod.NONE:
             self._handOff(received)
             return
-        fixed = self.listener.fixedHost
-        server = fixed if fixed is not None else self.sock.getsockname()[:2]
-        step = chosen.buildAuthenticator(SessionInfo(client=(self.peer[0], self.peer[1]), server=server)).begin()
-        result = step.result if isinstance(step, AuthStep) and not step.send and not step.unused else None
+        if type(chosen) is NoAuthServerFactory:
+            result: AuthResult | None = _NO_AUTHENTICATION  # what its conversation always ends with
+        else:
+            fixed = self.listener.fixedHost
+            server = fixed if fixed is not None else self.sock.getsockname()[:2]
+            info = SessionInfo(client=(self.peer[0], self.peer[1]), server=server)
+            step = chosen.buildAuthenticator(info).begin()
+            result = step.result if isinstance(step, AuthStep) and not step.send and not step.unused else None
         if result is None or not result.succeeded or result.protection is not None or result.identity is None:
             self._handOff(received)  # not what method none does here: the protocol runs it
             return

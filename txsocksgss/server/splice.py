@@ -112,6 +112,9 @@ def splice_available(reactor: Any, *transports: Any) -> bool:
 class _Direction:
     """One way of the tunnel: ``source`` -> (copy, or pipe) -> ``target``."""
 
+    __slots__ = ("relay", "name", "source", "target", "held", "uncounted", "pipe", "in_pipe", "moved", "eof",
+                 "done", "grown")
+
     def __init__(self, relay: "SpliceRelay", name: str) -> None:
         self.relay = relay
         self.name = name
@@ -273,6 +276,8 @@ class _SpliceSocket:
     object closes itself.
     """
 
+    __slots__ = ("relay", "transport", "sock", "fd", "outgoing", "incoming", "reading", "writing")
+
     def __init__(self, relay: "SpliceRelay", end: Any) -> None:
         self.relay = relay
         if isinstance(end, socket.socket):
@@ -417,7 +422,8 @@ class SpliceRelay:
         self._down = _Direction(self, "upstream->client")
         #: Whether the relay can close both connections itself when both
         #: ways have ended (see `_end`).
-        self.closes_at_once = all(isinstance(t, (FileDescriptor, socket.socket)) for t in (client, upstream))
+        self.closes_at_once = (isinstance(client, (socket.socket, FileDescriptor))
+                               and isinstance(upstream, (socket.socket, FileDescriptor)))
         self._client_socket = _SpliceSocket(self, client)
         self._upstream_socket = _SpliceSocket(self, upstream)
         self._up.source, self._up.target = self._client_socket, self._upstream_socket
