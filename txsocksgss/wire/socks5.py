@@ -13,6 +13,7 @@ Addresses (RFC 1928 s5) are shared with the UDP header, so `Address`,
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -146,7 +147,7 @@ def parse_address(reader: Reader) -> Address:
     """Read ATYP DST.ADDR DST.PORT (RFC 1928 s4-5)."""
     atyp = reader.u8()
     if atyp == AddressType.IPV4:
-        host = str(ipaddress.IPv4Address(reader.take(4)))
+        host = socket.inet_ntoa(reader.take(4))  # the same dotted quad as ipaddress, in C
         kind = AddressType.IPV4
     elif atyp == AddressType.IPV6:
         host = str(ipaddress.IPv6Address(reader.take(16)))
@@ -172,7 +173,7 @@ def parse_address(reader: Reader) -> Address:
 def serialize_address(address: Address) -> bytes:
     """Write ATYP ADDR PORT (RFC 1928 s5)."""
     if address.type == AddressType.IPV4:
-        body = _ipv4(address.host).packed
+        body = socket.inet_aton(address.host)  # validated as an IPv4 address by Address
     elif address.type == AddressType.IPV6:
         body = _ipv6(address.host).packed
     else:
