@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         ("rate_concurrency", "connections in flight in the rate test"),
         ("rate_processes", "load-generator processes"),
         ("rate_seconds", "duration of the rate test"),
+        ("rate_rounds", "rate-test rounds per proxy, the proxies taking turns (the median is reported)"),
         ("latency_count", "handshakes for the latency percentiles"),
         ("idle_tunnels", "idle tunnels for the memory measurement"),
         ("gss_runs", "GSS-API bulk runs per level and direction"),

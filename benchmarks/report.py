@@ -116,7 +116,8 @@ def format_table(results: dict[str, Any]) -> str:
         f"txsocksgss {machine['txsocksgss']}; proxy args: {' '.join(settings['proxy_args']) or '(none)'}",
         f"bulk {settings['bulk_runs']} x {settings['bulk_mb']} MB each way; "
         f"{settings['rate_concurrency']} connections at a time for {settings['rate_seconds']:g} s "
-        f"({settings['rate_processes']} generator processes); {settings['latency_count']} handshakes one at a "
+        f"({settings['rate_processes']} generator processes{_rounds(settings)}); "
+        f"{settings['latency_count']} handshakes one at a "
         f"time; {settings['idle_tunnels']} idle tunnels",
         "(n.nnx) = times Dante's value; higher is better for MB/s and rates, lower for ms, KiB and CPU",
     ]
@@ -175,3 +176,9 @@ def write_json(results: dict[str, Any], directory: str) -> str:
         json.dump(results, f, indent=2, sort_keys=True)
         f.write("\n")
     return path
+
+
+def _rounds(settings: dict[str, Any]) -> str:
+    rounds = settings.get("rate_rounds", 1)
+    return f", median of {rounds} rounds, proxies taking turns" if rounds > 1 else ""
+

@@ -11,6 +11,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -66,6 +67,54 @@ def _measure_proxy(proxy: Proxy, destination: Destination, data: DataFile, setti
     if proxy.process.poll() is not None:
         raise ProxyStartError(f"{proxy.name} exited during the measurements; its log:\n{proxy.log_tail()}")
     return result
+
+
+_RATE_FIELDS = ("connection_rate_per_s", "connections", "connection_errors", "connection_error_examples",
+                "generator_cpu_cores", "connection_rate_proxy_cpu_cores")
+
+
+def _more_rate_rounds(destination: Destination, workdir: str, settings: Settings, proxies: dict[str, Any],
+                      say: Say) -> None:
+    """
+    Rounds 2 to ``settings.rate_rounds`` of the connection rate: the
+    proxies take turns, each started afresh and warmed up with a short
+    unrecorded run, so that the machine's drift (its speed moves by tens of
+    percent over minutes) falls on all of them alike; each proxy's figures
+    become the median of its rounds (`combine_rate_rounds`).
+    """
+    rounds = {name: [{field: proxies[name][field] for field in _RATE_FIELDS if field in proxies[name]}]
+              for name in settings.proxies}
+    for number in range(2, settings.rate_rounds + 1):
+        for name in settings.proxies:
+            say(f"{name}: connection rate, round {number} of {settings.rate_rounds}")
+            with start_proxy(name, workdir, settings.proxy_args) as proxy:
+                measure_connection_rate(proxy.port, destination.echo_port, settings.rate_concurrency,
+                                        settings.rate_processes, min(1.0, settings.rate_seconds), proxy.pid)
+                rounds[name].append(measure_connection_rate(
+                    proxy.port, destination.echo_port, settings.rate_concurrency, settings.rate_processes,
+                    settings.rate_seconds, proxy.pid))
+    for name in settings.proxies:
+        proxies[name].update(combine_rate_rounds(rounds[name]))
+
+
+def combine_rate_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """
+    One proxy's connection-rate figures from several rounds: the rate and
+    the CPU use are the medians, errors add up, and every round is kept
+    (``connection_rate_rounds``).
+    """
+    combined: dict[str, Any] = {
+        "connection_rate_per_s": statistics.median(r["connection_rate_per_s"] for r in rounds),
+        "connections": sum(r["connections"] for r in rounds),
+        "connection_errors": sum(r["connection_errors"] for r in rounds),
+        "connection_error_examples": sorted({e for r in rounds for e in r["connection_error_examples"]})[:5],
+        "generator_cpu_cores": max(r["generator_cpu_cores"] for r in rounds),
+        "connection_rate_rounds": rounds,
+    }
+    cores = [r["connection_rate_proxy_cpu_cores"] for r in rounds if "connection_rate_proxy_cpu_cores" in r]
+    if cores:
+        combined["connection_rate_proxy_cpu_cores"] = statistics.median(cores)
+    return combined
 
 
 def _measure_direct(destination: Destination, data: DataFile, settings: Settings, say: Say) -> dict[str, object]:
@@ -135,6 +184,8 @@ def run(settings: Settings, say: Say) -> dict[str, Any]:
             for name in settings.proxies:
                 with start_proxy(name, workdir, settings.proxy_args) as proxy:
                     results["proxies"][name] = _measure_proxy(proxy, destination, data, settings, say)
+            if settings.rate_rounds > 1:
+                _more_rate_rounds(destination, workdir, settings, results["proxies"], say)
             if settings.gss:
                 from benchmarks.gss import run_gss
 

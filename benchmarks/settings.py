@@ -29,6 +29,8 @@ class Settings:
     rate_concurrency: int = 50
     rate_processes: int = 2
     rate_seconds: float = 10.0
+    # Rounds of the rate test per proxy, the proxies taking turns; the median counts.
+    rate_rounds: int = 1
     # Handshake latency: one at a time.
     latency_count: int = 1000
     # Memory: this many idle tunnels open at once.
@@ -55,6 +57,7 @@ SMOKE = dict(
     bulk_mb=16,
     rate_concurrency=10,
     rate_seconds=0.5,
+    rate_rounds=2,
     latency_count=50,
     idle_tunnels=50,
     gss_runs=1,

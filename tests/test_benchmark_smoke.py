@@ -111,6 +111,16 @@ class BenchmarkSmokeTests(SynchronousTestCase):
         for field in DIRECT_FIELDS:
             self.assertNumber(proxies["direct"].get(field), f"direct.{field}", positive=True)
 
+    def test_the_rate_takes_the_median_of_the_rounds(self) -> None:
+        # --smoke runs two rounds, the proxies taking turns.
+        for proxy in PROXIES:
+            figures = self.results["proxies"][proxy]
+            rounds = figures["connection_rate_rounds"]
+            self.assertEqual(len(rounds), 2, proxy)
+            rates = sorted(r["connection_rate_per_s"] for r in rounds)
+            self.assertEqual(figures["connection_rate_per_s"], (rates[0] + rates[1]) / 2)
+        self.assertIn("median of 2 rounds, proxies taking turns", self.table)
+
     def test_gssapi_is_measured_against_our_server(self) -> None:
         gss = self.results["gssapi"]
         for field in GSS_FIELDS:
@@ -130,3 +140,25 @@ class BenchmarkSmokeTests(SynchronousTestCase):
         for proxy in ("direct", *PROXIES):
             self.assertIn(proxy, self.table)
         self.assertIn("x)", self.table)  # the ratios to Dante
+
+
+class CombineRateRoundsTests(SynchronousTestCase):
+    def test_medians_sums_and_every_round_kept(self) -> None:
+        from benchmarks.runner import combine_rate_rounds
+
+        rounds = [
+            {"connection_rate_per_s": rate, "connections": 10, "connection_errors": errors,
+             "connection_error_examples": examples, "generator_cpu_cores": gen,
+             "connection_rate_proxy_cpu_cores": cores}
+            for rate, errors, examples, gen, cores in (
+                (4000.0, 0, [], 0.3, 1.2), (5000.0, 1, ["connect: ECONNRESET"], 0.4, 1.4),
+                (4500.0, 0, [], 0.2, 1.3))
+        ]
+        combined = combine_rate_rounds(rounds)
+        self.assertEqual(combined["connection_rate_per_s"], 4500.0)
+        self.assertEqual(combined["connection_rate_proxy_cpu_cores"], 1.3)
+        self.assertEqual((combined["connections"], combined["connection_errors"]), (30, 1))
+        self.assertEqual(combined["connection_error_examples"], ["connect: ECONNRESET"])
+        self.assertEqual(combined["generator_cpu_cores"], 0.4)
+        self.assertIs(combined["connection_rate_rounds"], rounds)
+
