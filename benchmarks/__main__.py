@@ -64,6 +64,8 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
     overrides = {name: value for name, value in vars(arguments).items()
                  if value is not None and hasattr(settings, name)
                  and name not in ("smoke", "proxy_args", "proxies")}
+    if overrides.get("rate_rounds", 1) < 1:
+        raise SystemExit("--rate-rounds must be at least 1")
     return settings.replace(proxy_args=tuple(shlex.split(arguments.proxy_args)), proxies=proxies,
                             gss=not arguments.no_gss, **overrides)
 

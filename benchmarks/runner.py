@@ -93,6 +93,9 @@ def _more_rate_rounds(destination: Destination, workdir: str, settings: Settings
                 rounds[name].append(measure_connection_rate(
                     proxy.port, destination.echo_port, settings.rate_concurrency, settings.rate_processes,
                     settings.rate_seconds, proxy.pid))
+                if proxy.process.poll() is not None:
+                    raise ProxyStartError(f"{proxy.name} exited during round {number} of the connection rate; "
+                                          f"its log:\n{proxy.log_tail()}")
     for name in settings.proxies:
         proxies[name].update(combine_rate_rounds(rounds[name]))
 

@@ -162,3 +162,11 @@ class CombineRateRoundsTests(SynchronousTestCase):
         self.assertEqual(combined["generator_cpu_cores"], 0.4)
         self.assertIs(combined["connection_rate_rounds"], rounds)
 
+
+    def test_rate_rounds_must_be_at_least_one(self) -> None:
+        from benchmarks.__main__ import _parser, settings_from
+
+        parser = _parser()
+        error = self.assertRaises(SystemExit, settings_from, parser.parse_args(["--rate-rounds", "0"]))
+        self.assertIn("--rate-rounds must be at least 1", str(error))
+        self.assertEqual(settings_from(parser.parse_args(["--rate-rounds", "3"])).rate_rounds, 3)

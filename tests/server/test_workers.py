@@ -114,18 +114,22 @@ class WorkerOutputTests(SynchronousTestCase):
 
         from txsocksgss.server.workers import _LogSink, _WorkerProcess
 
+        from twisted.logger import capturedLogs
+
         out = io.BytesIO()
         worker = _WorkerProcess(1, _LogSink(out, "utf-8"))
-        worker.childDataReceived(1, b"T [s] worker 1: session client=127.0.0.1:5")
-        self.assertEqual(out.getvalue(), b"")  # nothing of an unfinished line
-        worker.childDataReceived(1, b"000 outcome=closed\nT [s] worker 1: second\nT [s] worker 1: thi")
-        worker.childDataReceived(2, b"on stderr\n")
-        worker.childDataReceived(1, b"rd\n")
-        worker.childDataReceived(2, b"unfinished")
-        worker.childConnectionLost(2)
+        with capturedLogs() as events:
+            worker.childDataReceived(1, b"T [s] worker 1: session client=127.0.0.1:5")
+            self.assertEqual(out.getvalue(), b"")  # nothing of an unfinished line
+            worker.childDataReceived(1, b"000 outcome=closed\nT [s] worker 1: second\nT [s] worker 1: thi")
+            worker.childDataReceived(2, b"on stderr\n")
+            worker.childDataReceived(1, b"rd\n")
+            worker.childDataReceived(2, b"unfinished")
+            worker.childConnectionLost(2)
         self.assertEqual(out.getvalue().decode().splitlines(), [
             "T [s] worker 1: session client=127.0.0.1:5000 outcome=closed", "T [s] worker 1: second",
-            "on stderr", "T [s] worker 1: third", "unfinished"])
+            "T [s] worker 1: third"])
+        self.assertEqual([event["line"] for event in events], ["on stderr", "unfinished"])  # named, as events
 
     def test_a_text_log_file_gets_text(self):
         import io
@@ -153,4 +157,27 @@ class WorkerOutputTests(SynchronousTestCase):
         self.assertIs(sink.out, out)
         publisher.addObserver(lambda event: None)  # two observers: each line stays an event
         self.assertIsNone(workers._log_sink())
+
+    def test_a_json_log_gets_events_not_text_lines(self):
+        import io
+
+        import twisted.logger
+        from twisted.logger import LogPublisher
+
+        from txsocksgss.logs import jsonLineObserver
+        from txsocksgss.server import workers
+
+        self.patch(twisted.logger, "globalLogPublisher", LogPublisher(jsonLineObserver(io.StringIO())))
+        self.assertIsNone(workers._log_sink())
+
+    def test_without_a_sink_a_worker_line_is_not_named_twice(self):
+        from twisted.logger import capturedLogs
+
+        from txsocksgss.server.workers import _WorkerProcess
+
+        with capturedLogs() as events:
+            _WorkerProcess(1).childDataReceived(1, b"T [txsocksgss.session#info] worker 1: session x\n")
+        [event] = events
+        self.assertEqual(event["log_format"], "{line}")
+        self.assertEqual(event["line"], "T [txsocksgss.session#info] worker 1: session x")
 

@@ -15,15 +15,18 @@ spreads over sockets that exist).
 
 A worker's log goes to its standard output, a pipe to the master, in the
 master's own line format with ``worker N:`` after the system.  When the
-master logs to one file (``--logfile``, or standard output), it writes
-those lines there as they are, whole lines only and many per write: a log
-line costs the master almost nothing.  With any other log set-up (syslog,
-``--logger``) each line is logged again as an event of the master's.
+master logs text to one file (``--logfile``, or standard output), it
+writes those lines there as they are, whole lines only and many per
+write: a log line costs the master almost nothing.  With any other log
+set-up (syslog, ``--logger``, the JSON logs) each line is logged again as
+an event of the master's, and so is whatever a worker writes on its
+standard error (a traceback at start-up), named ``worker N:``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from typing import Any, Sequence
@@ -81,11 +84,13 @@ class _LogSink:
 
 def _log_sink() -> _LogSink | None:
     """
-    The master's log file, if its log goes to exactly one file through
-    twisted.logger's FileLogObserver (``--logfile``, or standard output):
-    then the lines a worker formats itself can be written there unchanged.
-    None for any other set-up (syslog, ``--logger``, several observers):
-    then each worker line is logged again as an event of the master's.
+    The master's log file, if its log goes to exactly one file as text
+    (twistd's own observer, `twisted.logger.textFileLogObserver`:
+    ``--logfile``, or standard output): then the lines a worker formats
+    itself in the same format can be written there unchanged.  None for any
+    other set-up (syslog, a ``--logger`` such as the JSON one, several
+    observers): then each worker line is logged again as an event of the
+    master's.
     """
     from twisted.logger import FileLogObserver, globalLogPublisher
 
@@ -93,10 +98,15 @@ def _log_sink() -> _LogSink | None:
     if not observers or len(observers) != 1 or not isinstance(observers[0], FileLogObserver):
         return None
     observer = observers[0]
+    format_name = getattr(getattr(observer, "formatEvent", None), "__qualname__", "")
     out = getattr(observer, "_outFile", None)
-    if out is None or not hasattr(observer, "_encoding"):
+    if not format_name.startswith("textFileLogObserver.") or out is None or not hasattr(observer, "_encoding"):
         return None
     return _LogSink(out, observer._encoding)
+
+
+# What a worker puts after the system in its lines (see worker_main).
+_WORKER_MARKER = re.compile(rb"^\S+ \[[^\]]*\] worker \d+: ")
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -112,22 +122,26 @@ class _WorkerProcess(ProcessProtocol):
         end = buffered.rfind(b"\n") + 1
         self._partial[fd] = buffered[end:]
         if end:
-            self._emit(buffered[:end])
+            self._emit(fd, buffered[:end])
 
     def childConnectionLost(self, fd: int) -> None:
         rest = self._partial.pop(fd, b"")
         if rest:
-            self._emit(rest + b"\n")
+            self._emit(fd, rest + b"\n")
 
-    def _emit(self, lines: bytes) -> None:
-        """Whole lines (each ending in a newline) a worker wrote."""
-        if self.sink is not None:
+    def _emit(self, fd: int, lines: bytes) -> None:
+        """Whole lines (each ending in a newline) a worker wrote on ``fd``."""
+        if self.sink is not None and fd == 1:
             # Formatted by the worker (time, system, "worker N:"): one
             # write for all of them, instead of an event and a format each.
             self.sink.write(lines)
             return
         for line in lines[:-1].split(b"\n"):
-            _log.info("worker {number}: {line}", number=self.number, line=line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            if _WORKER_MARKER.match(line):
+                _log.info("{line}", line=text)  # it names its worker already
+            else:  # standard error: a traceback, a warning
+                _log.info("worker {number}: {line}", number=self.number, line=text)
 
     def processEnded(self, reason: Any) -> None:
         _log.info("worker {number} ended: {why}", number=self.number, why=reason.getErrorMessage())
