@@ -85,3 +85,23 @@ class PlainTextLogTests(SynchronousTestCase):
         [event] = events
         self.assertEqual(event["outcome"], "closed")
         self.assertIn("session client=192.0.2.7:5000", text.getvalue())
+
+    def test_a_workers_classic_text_observer_is_written_through_directly(self):
+        from twisted.logger import FileLogObserver, formatEventAsClassicLogText
+
+        def formatEvent(event: Any) -> Any:
+            text = formatEventAsClassicLogText(event)
+            return text.replace("] ", "] worker 3: ", 1) if text else text
+
+        setattr(formatEvent, session.CLASSIC_TEXT, True)
+        out = io.StringIO()
+        events: list[Any] = []
+        self.publishTo(FileLogObserver(out, formatEvent))
+        self.patch(session._log, "emit", lambda *args, **kwargs: events.append(kwargs))
+        _record().finish(1.0, "closed")
+        self.assertEqual(events, [])  # no event: written directly
+        self.assertIn("[txsocksgss.session#info] worker 3: session client=192.0.2.7:5000", out.getvalue())
+        unmarked = io.StringIO()
+        self.publishTo(FileLogObserver(unmarked, lambda event: "?\n"))  # not known to be classic text
+        _record().finish(1.0, "closed")
+        self.assertEqual(unmarked.getvalue(), "?\n")  # through the event

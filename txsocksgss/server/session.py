@@ -112,10 +112,18 @@ class SessionRecord:
         return True
 
 
+#: Set to True on a FileLogObserver's formatEvent function that writes
+#: Twisted's classic text lines (a prefix, then the event's text), like a
+#: worker process's (txsocksgss.server.workers): `_PlainTextLog` may then
+#: write session lines through it directly.
+CLASSIC_TEXT = "txsocksgssClassicText"
+
+
 class _PlainTextLog:
     """
     The session line straight into the log file, when the only log observer
-    is twistd's own text file (`twisted.logger.textFileLogObserver`): the
+    is twistd's own text file (`twisted.logger.textFileLogObserver`, or a
+    worker's, marked `CLASSIC_TEXT`): the
     same text it would write, with its time and system prefix formatted by
     that observer once per second, instead of an event through the
     publisher and a format per line (a tenth of a short session's CPU).
@@ -156,8 +164,10 @@ class _PlainTextLog:
 def _is_text_file_observer(observer: object) -> bool:
     from twisted.logger import FileLogObserver
 
-    format_name = getattr(getattr(observer, "formatEvent", None), "__qualname__", "")
-    return (isinstance(observer, FileLogObserver) and format_name.startswith("textFileLogObserver.")
+    formatEvent = getattr(observer, "formatEvent", None)
+    classic = (getattr(formatEvent, "__qualname__", "").startswith("textFileLogObserver.")
+               or getattr(formatEvent, CLASSIC_TEXT, False))
+    return (isinstance(observer, FileLogObserver) and classic
             and hasattr(observer, "_outFile") and hasattr(observer, "_encoding"))
 
 

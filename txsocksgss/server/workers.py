@@ -39,6 +39,7 @@ from twisted.logger import Logger
 
 from txsocksgss.errors import ConfigError
 from txsocksgss.server.lean import LeanTCPServerEndpoint
+from txsocksgss.server.session import CLASSIC_TEXT
 
 __all__ = ["reuse_port_endpoint", "WorkerPool", "worker_main"]
 
@@ -225,6 +226,8 @@ def worker_main(argv: Sequence[str]) -> int:
         # The master's own format, with the worker named after the system.
         text = formatEventAsClassicLogText(event)
         return text.replace("] ", marker, 1) if text else text
+
+    setattr(formatEvent, CLASSIC_TEXT, True)  # session lines may be written through it directly
 
     globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, formatEvent)], redirectStandardIO=False)
     StandardIO(_MasterWatch(reactor), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
