@@ -105,3 +105,34 @@ class PlainTextLogTests(SynchronousTestCase):
         self.publishTo(FileLogObserver(unmarked, lambda event: "?\n"))  # not known to be classic text
         _record().finish(1.0, "closed")
         self.assertEqual(unmarked.getvalue(), "?\n")  # through the event
+
+    def test_a_failing_log_file_never_breaks_the_session(self):
+        class Full(io.StringIO):
+            def write(self, text: str) -> int:
+                raise OSError(28, "No space left on device")
+
+        self.publishTo(textFileLogObserver(Full()))
+        record = _record()
+        self.assertTrue(record.finish(1.0, "closed"))  # no exception reaches the session
+        self.assertEqual(record.outcome, "closed")
+
+    def test_a_line_the_file_cannot_encode_goes_through_the_event(self):
+        out = io.BytesIO()
+        events: list[Any] = []
+        self.publishTo(textFileLogObserver(out))
+        self.patch(session._log, "emit", lambda *args, **kwargs: events.append(kwargs))
+        record = _record()
+        record.user = "bad\udce9"  # an ident answer decoded with surrogateescape
+        record.finish(1.0, "closed")
+        self.assertEqual(out.getvalue(), b"")
+        self.assertEqual([e["user"] for e in events], ["bad\udce9"])
+
+    def test_a_time_format_finer_than_seconds_keeps_the_event(self):
+        out = io.StringIO()
+        events: list[Any] = []
+        self.publishTo(textFileLogObserver(out, timeFormat="%H:%M:%S.%f"))
+        self.patch(session._log, "emit", lambda *args, **kwargs: events.append(kwargs))
+        _record().finish(1.0, "closed")
+        self.assertEqual(len(events), 1)
+        self.assertEqual(out.getvalue(), "")
+

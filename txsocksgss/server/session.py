@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.logger import Logger, LogLevel
 
@@ -127,8 +127,10 @@ class _PlainTextLog:
     same text it would write, with its time and system prefix formatted by
     that observer once per second, instead of an event through the
     publisher and a format per line (a tenth of a short session's CPU).
-    With any other observer (JSON, syslog, a program's own, a test's), the
-    line is an event as usual.
+    With any other observer (JSON, syslog, a program's own, a test's, a
+    time format finer than the second), or a line the file could not
+    encode, the line is an event as usual; a file that fails to write is
+    ignored, as the publisher would.
     """
 
     def __init__(self) -> None:
@@ -143,22 +145,47 @@ class _PlainTextLog:
             return False
         observer = observers[0]
         if observer is not self._observer:
-            if not _is_text_file_observer(observer):
+            if not _is_text_file_observer(observer) or not _whole_seconds(observer):
                 return False
             self._observer, self._second = observer, -1
         now = time.time()
         if int(now) != self._second:
-            prefix = observer.formatEvent({  # type: ignore[attr-defined]
-                "log_time": float(int(now)), "log_namespace": _log.namespace, "log_level": LogLevel.info,
-                "log_format": "{x}", "x": "x"})
-            if not prefix or not prefix.endswith("x\n"):
+            prefix = _prefix(observer, float(int(now)))
+            if prefix is None:
                 return False
-            self._prefix, self._second = prefix[:-2], int(now)
+            self._prefix, self._second = prefix, int(now)
         text = f"{self._prefix}{line.replace(chr(10), chr(10) + chr(9))}\n"
+        encoding = observer._encoding  # type: ignore[attr-defined]
+        try:
+            data = text if encoding is None else text.encode(encoding)
+            if encoding is None:
+                text.encode("utf-8")  # what the file will do with it (lone surrogates fail here)
+        except UnicodeError:
+            return False  # the event path, where the publisher handles a failing observer
         out = observer._outFile  # type: ignore[attr-defined]
-        out.write(text if observer._encoding is None else text.encode(observer._encoding))  # type: ignore[attr-defined]
-        out.flush()
+        try:
+            out.write(data)
+            out.flush()
+        except Exception:
+            # A full disk, a closed file: as the publisher does with a
+            # failing observer, the session never sees it (and the line is
+            # not written a second time).
+            pass
         return True
+
+
+def _prefix(observer: Any, when: float) -> str | None:
+    """What ``observer`` writes before an event's text at time ``when`` (time, system)."""
+    text = observer.formatEvent({"log_time": when, "log_namespace": _log.namespace, "log_level": LogLevel.info,
+                                 "log_format": "{x}", "x": "x"})
+    if not text or not text.endswith("x\n"):
+        return None
+    return str(text[:-2])
+
+
+def _whole_seconds(observer: Any) -> bool:
+    """Whether ``observer``'s time stamps change only with the second (so one prefix serves a second)."""
+    return _prefix(observer, 1_700_000_000.0) == _prefix(observer, 1_700_000_000.75)
 
 
 def _is_text_file_observer(observer: object) -> bool:
