@@ -117,15 +117,17 @@ class PlainTextLogTests(SynchronousTestCase):
         self.assertEqual(record.outcome, "closed")
 
     def test_a_line_the_file_cannot_encode_goes_through_the_event(self):
-        out = io.BytesIO()
-        events: list[Any] = []
-        self.publishTo(textFileLogObserver(out))
-        self.patch(session._log, "emit", lambda *args, **kwargs: events.append(kwargs))
-        record = _record()
-        record.user = "bad\udce9"  # an ident answer decoded with surrogateescape
-        record.finish(1.0, "closed")
-        self.assertEqual(out.getvalue(), b"")
-        self.assertEqual([e["user"] for e in events], ["bad\udce9"])
+        raw = io.BytesIO()
+        text = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # a text file: it encodes itself
+        for out, written in ((raw, raw.getvalue), (text, lambda: text.buffer.getvalue())):
+            events: list[Any] = []
+            self.publishTo(textFileLogObserver(out))
+            self.patch(session._log, "emit", lambda *args, **kwargs: events.append(kwargs))
+            record = _record()
+            record.user = "bad\udce9"  # an ident answer decoded with surrogateescape
+            record.finish(1.0, "closed")
+            self.assertEqual(written(), b"")
+            self.assertEqual([e["user"] for e in events], ["bad\udce9"])
 
     def test_a_time_format_finer_than_seconds_keeps_the_event(self):
         out = io.StringIO()

@@ -140,12 +140,11 @@ class _PlainTextLog:
 
     def write(self, line: str) -> bool:
         # The publisher the session logger sends its events to (twisted.logger's global one).
-        observers = getattr(_log.observer, "_observers", None)
-        if not observers or len(observers) != 1:
+        observer = only_text_observer(_log.observer)
+        if observer is None:
             return False
-        observer = observers[0]
         if observer is not self._observer:
-            if not _is_text_file_observer(observer) or not _whole_seconds(observer):
+            if not _whole_seconds(observer):
                 return False
             self._observer, self._second = observer, -1
         now = time.time()
@@ -156,16 +155,15 @@ class _PlainTextLog:
             self._prefix, self._second = prefix, int(now)
         text = f"{self._prefix}{line.replace(chr(10), chr(10) + chr(9))}\n"
         encoding = observer._encoding  # type: ignore[attr-defined]
-        try:
-            data = text if encoding is None else text.encode(encoding)
-            if encoding is None:
-                text.encode("utf-8")  # what the file will do with it (lone surrogates fail here)
-        except UnicodeError:
-            return False  # the event path, where the publisher handles a failing observer
         out = observer._outFile  # type: ignore[attr-defined]
         try:
-            out.write(data)
+            out.write(text if encoding is None else text.encode(encoding))
             out.flush()
+        except UnicodeError:
+            # Text that cannot be encoded (lone surrogates): a text file or
+            # twistd's LogFile encodes before it writes a byte, so nothing
+            # was written; the event path, where the publisher handles it.
+            return False
         except Exception:
             # A full disk, a closed file: as the publisher does with a
             # failing observer, the session never sees it (and the line is
@@ -188,14 +186,26 @@ def _whole_seconds(observer: Any) -> bool:
     return _prefix(observer, 1_700_000_000.0) == _prefix(observer, 1_700_000_000.75)
 
 
-def _is_text_file_observer(observer: object) -> bool:
+def only_text_observer(publisher: Any) -> Any:
+    """
+    The one observer of ``publisher`` (a twisted.logger LogPublisher) if it
+    writes classic text lines to a file: twistd's own
+    (`twisted.logger.textFileLogObserver`) or one whose formatEvent is
+    marked `CLASSIC_TEXT`; else None (no observer, several, JSON, syslog...).
+    """
     from twisted.logger import FileLogObserver
 
+    observers = getattr(publisher, "_observers", None)
+    if not observers or len(observers) != 1:
+        return None
+    observer = observers[0]
     formatEvent = getattr(observer, "formatEvent", None)
     classic = (getattr(formatEvent, "__qualname__", "").startswith("textFileLogObserver.")
                or getattr(formatEvent, CLASSIC_TEXT, False))
-    return (isinstance(observer, FileLogObserver) and classic
-            and hasattr(observer, "_outFile") and hasattr(observer, "_encoding"))
+    if (isinstance(observer, FileLogObserver) and classic
+            and hasattr(observer, "_outFile") and hasattr(observer, "_encoding")):
+        return observer
+    return None
 
 
 _plain_text_log = _PlainTextLog()

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 
 from txsocksgss.errors import ConfigError
 from txsocksgss.server.lean import LeanTCPServerEndpoint
-from txsocksgss.server.session import CLASSIC_TEXT
+from txsocksgss.server.session import CLASSIC_TEXT, only_text_observer
 
 __all__ = ["reuse_port_endpoint", "WorkerPool", "worker_main"]
 
@@ -93,17 +93,10 @@ def _log_sink() -> _LogSink | None:
     observers): then each worker line is logged again as an event of the
     master's.
     """
-    from twisted.logger import FileLogObserver, globalLogPublisher
+    from twisted.logger import globalLogPublisher
 
-    observers = getattr(globalLogPublisher, "_observers", None)
-    if not observers or len(observers) != 1 or not isinstance(observers[0], FileLogObserver):
-        return None
-    observer = observers[0]
-    format_name = getattr(getattr(observer, "formatEvent", None), "__qualname__", "")
-    out = getattr(observer, "_outFile", None)
-    if not format_name.startswith("textFileLogObserver.") or out is None or not hasattr(observer, "_encoding"):
-        return None
-    return _LogSink(out, observer._encoding)
+    observer = only_text_observer(globalLogPublisher)
+    return None if observer is None else _LogSink(observer._outFile, observer._encoding)
 
 
 # What a worker puts after the system in its lines (see worker_main).
