@@ -280,15 +280,21 @@ class DirectConnectTests(FaultTestCase):
         self.assertEqual((yield refused.reply(0)).code, ReplyCode.CONNECTION_REFUSED)
 
 
+def _bare_pairs() -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
+    """A client and its proxy end, an upstream and its proxy end: two non-blocking socket pairs."""
+    client, client_end = socket.socketpair()
+    upstream, upstream_end = socket.socketpair()
+    for sock in (client, client_end, upstream, upstream_end):
+        sock.setblocking(False)
+    return client, client_end, upstream, upstream_end
+
+
 class SpliceStartTests(TestCase):
     """What `SpliceRelay.start` sends before anything it reads, over two bare socket pairs."""
 
     @inlineCallbacks
     def test_early_bytes_and_the_rest_of_the_reply_go_first_and_only_early_bytes_count(self):
-        client, client_end = socket.socketpair()
-        upstream, upstream_end = socket.socketpair()
-        for sock in (client, client_end, upstream, upstream_end):
-            sock.setblocking(False)
+        client, client_end, upstream, upstream_end = _bare_pairs()
         ended: Deferred[str] = Deferred()
         relay = SpliceRelay(client_end, upstream_end, reactor, None, ended.callback)
         relay.start(toUpstream=b"early", toClient=b"reply rest")
@@ -309,10 +315,7 @@ class SpliceStartTests(TestCase):
 
     @inlineCallbacks
     def test_a_reply_never_sent_counts_nothing(self):
-        client, client_end = socket.socketpair()
-        upstream, upstream_end = socket.socketpair()
-        for sock in (client_end, upstream_end):
-            sock.setblocking(False)
+        client, client_end, upstream, upstream_end = _bare_pairs()
         client.close()  # the client is gone before the reply could go out
         ended: Deferred[str] = Deferred()
         relay = SpliceRelay(client_end, upstream_end, reactor, None, ended.callback)
@@ -332,10 +335,7 @@ class StaleEventTests(TestCase):
     """
 
     def tunnel(self) -> tuple[SpliceRelay, socket.socket, socket.socket, Deferred[str]]:
-        client, client_end = socket.socketpair()
-        upstream, upstream_end = socket.socketpair()
-        for sock in (client, client_end, upstream, upstream_end):
-            sock.setblocking(False)
+        client, client_end, upstream, upstream_end = _bare_pairs()
         ended: Deferred[str] = Deferred()
         relay = SpliceRelay(client_end, upstream_end, reactor, None, ended.callback)
         relay.start()

@@ -44,7 +44,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -75,7 +74,7 @@ from txsocksgss.server.protocol import (
 )
 from txsocksgss.server.rules import AccessRequest
 from txsocksgss.server.session import SessionRecord
-from txsocksgss.server.splice import EPollReactor, SpliceRelay
+from txsocksgss.server.splice import EPollReactor, SpliceRelay, reset_on_close
 from txsocksgss.wire.reader import MessageBuffer
 from txsocksgss.wire.socks4 import SOCKS4_VERSION
 from txsocksgss.wire.socks5 import (
@@ -93,8 +92,6 @@ __all__ = ["LeanListener", "LeanSession", "LeanTCPServerEndpoint", "lean_availab
 
 _log = Logger()
 
-# SO_LINGER on, zero seconds: close() sends a reset (what abortConnection does).
-_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 _UNSPECIFIED = Address.of("0.0.0.0", 0)
 # Accepts per readable event at most, as Twisted's own port.
 _ACCEPTS_PER_EVENT = 100
@@ -279,7 +276,7 @@ class LeanSession:
         if isinstance(admission, Refusal):
             self.state = _DONE
             log_refusal(self.context, client, admission, now)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            reset_on_close(self.sock)
             self.sock.close()  # never registered: no event can be pending for it
             return
         self._ticket = admission
@@ -496,10 +493,7 @@ class LeanSession:
         assert self.record is not None
         self.record.finish(self.reactor.seconds(), outcome)
         if abort:
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-            except OSError:
-                pass
+            reset_on_close(self.sock)
         # Not within this batch of events (see SpliceRelay._end).
         self.reactor.callLater(0, self.sock.close)
         self._ticket.release()

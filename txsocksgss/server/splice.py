@@ -60,7 +60,8 @@ try:
 except ImportError:  # pragma: no cover - no epoll on this platform
     EPollReactor = None  # type: ignore[assignment,misc]
 
-__all__ = ["SpliceRelay", "splice_available", "plain_connection", "PIPE_SIZE", "COPY_LIMIT", "EPollReactor"]
+__all__ = ["SpliceRelay", "splice_available", "plain_connection", "reset_on_close", "PIPE_SIZE", "COPY_LIMIT",
+           "EPollReactor"]
 
 PIPE_SIZE = 1024 * 1024
 #: Bytes each direction copies through Python before it switches to a pipe.
@@ -73,6 +74,14 @@ _DEFAULT_PIPE = 64 * 1024
 _CONNECTION_DONE = Failure(ConnectionDone())
 # SO_LINGER on, zero seconds: close() sends a reset (what abortConnection does).
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make close() send a reset (SO_LINGER on, zero seconds), as abortConnection does; a dead socket is left as it is."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    except OSError:
+        pass
 
 
 def plain_connection(transport: Any) -> Connection | None:
@@ -380,10 +389,7 @@ class _SpliceSocket:
         transport = self.transport
         if transport is None:
             if abort:
-                try:
-                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-                except OSError:
-                    pass
+                reset_on_close(self.sock)
             self.sock.close()
         elif at_once:
             if transport.connected:
