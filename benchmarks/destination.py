@@ -12,7 +12,7 @@ Two listening ports on 127.0.0.1:
   listening port (and on the proxy's listening port, as the proxy passes
   the close on), never on ephemeral ports: tens of thousands of short
   connections would otherwise leave the ephemeral range too crowded for a
-  minute to bind ten consecutive ports (tests/kerberos.py's KDC needs them).
+  minute to bind ten consecutive ports (tests/helpers/kerberos.py's KDC needs them).
 - ``bulk_port``: a thread per connection (bulk runs one at a time).  The
   client sends a 9-byte header, a mode octet and a 64-bit size: ``U``
   (upload) makes it receive ``size`` bytes (spliced to /dev/null) and

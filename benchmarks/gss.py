@@ -1,5 +1,5 @@
 """
-GSS-API (RFC 1961) with Kerberos from a throwaway realm (tests/kerberos.py:
+GSS-API (RFC 1961) with Kerberos from a throwaway realm (tests/helpers/kerberos.py:
 a KDC on 127.0.0.1, the user's ticket, ``rcmd/localhost`` in a keytab).
 
 - Handshake rate: our client (`txsocksgss.client.endpoints.SOCKS5ClientEndpoint`
@@ -379,11 +379,11 @@ def _dante_environment() -> tuple[dict[str, str], str]:
 
 def start_realm() -> Any:
     """
-    The Kerberos realm of this process (tests/kerberos.py), started on the
+    The Kerberos realm of this process (tests/helpers/kerberos.py), started on the
     first call; it points this process's environment, and so the proxies',
     at itself.
     """
-    from tests.kerberos import test_realm
+    from tests.helpers.kerberos import test_realm
 
     return test_realm()
 

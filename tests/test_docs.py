@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,39 +16,14 @@ import tomllib
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers.docs import ROOT, code_blocks, read_text
 from txsocksgss.errors import ConfigError
 from txsocksgss.server.config import _RULE_KEYS, _TOML_KEYS, Config
 from txsocksgss.server.rules import rules_from_table
 from txsocksgss.tap import Options
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 README = os.path.join(ROOT, "README.rst")
-
-
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-def _code_blocks(text: str, language: str) -> list[tuple[int, str]]:
-    """The ``.. code-block:: LANGUAGE`` blocks of an rST text, with their line numbers."""
-    blocks = []
-    lines = text.splitlines()
-    for number, line in enumerate(lines):
-        match = re.match(r"^(\s*)\.\. code-block:: (\S+)\s*$", line)
-        if not match or match.group(2) != language:
-            continue
-        directive_indent = len(match.group(1))
-        body: list[str] = []
-        for following in lines[number + 1:]:
-            if following.strip() and len(following) - len(following.lstrip()) <= directive_indent:
-                break
-            body.append(following)
-        content = [b for b in body if b.strip()]
-        indent = min(len(b) - len(b.lstrip()) for b in content)
-        blocks.append((number + 1, "\n".join(b[indent:] for b in body).strip() + "\n"))
-    return blocks
 
 
 def _option_names() -> list[str]:
@@ -86,7 +60,7 @@ class BuildTests(SynchronousTestCase):
 
 class ConfigurationPageTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.page = _read(os.path.join(DOCS, "configuration.rst"))
+        self.page = read_text(os.path.join(DOCS, "configuration.rst"))
 
     def test_every_option_is_documented(self) -> None:
         names = _option_names()
@@ -110,7 +84,7 @@ class ExampleTests(SynchronousTestCase):
         open(empty_rules, "w").close()
         checked = 0
         for page in ("quickstart.rst", "configuration.rst", "rules.rst"):
-            for line, block in _code_blocks(_read(os.path.join(DOCS, page)), "toml"):
+            for line, block in code_blocks(read_text(os.path.join(DOCS, page)), "toml"):
                 where = f"docs/{page} line {line}"
                 try:
                     table = tomllib.loads(block)
@@ -132,8 +106,8 @@ class ExampleTests(SynchronousTestCase):
         self.assertGreater(checked, 10)
 
     def test_python_examples_compile(self) -> None:
-        page = _read(os.path.join(DOCS, "embedding.rst"))
-        blocks = _code_blocks(page, "python")
+        page = read_text(os.path.join(DOCS, "embedding.rst"))
+        blocks = code_blocks(page, "python")
         self.assertGreater(len(blocks), 3)
         for line, block in blocks:
             compile(block, f"docs/embedding.rst line {line}", "exec")
@@ -149,7 +123,7 @@ class ReadmeTests(SynchronousTestCase):
             self.fail("docutils is not installed (make test installs it with Sphinx)")
         try:
             publish_doctree(
-                _read(README),
+                read_text(README),
                 settings_overrides={"report_level": 5, "halt_level": 2},
             )
         except SystemMessage as error:
@@ -163,7 +137,7 @@ class ReadmeTests(SynchronousTestCase):
         except ImportError:
             self.fail("docutils is not installed (make test installs it with Sphinx)")
         tree = publish_doctree(
-            _read(README), settings_overrides={"report_level": 5, "halt_level": 5}
+            read_text(README), settings_overrides={"report_level": 5, "halt_level": 5}
         )
         sections = [
             section

@@ -23,12 +23,9 @@ blocks of docs/gssapi.rst as tests/test_docs.py checks the other pages'.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import socket
 import tempfile
 import tomllib
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
@@ -38,20 +35,20 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import EchoUDP, IntegrationTestCase
-from tests.test_docs import _code_blocks
+from tests.helpers.docs import EXAMPLE_MARKER, ROOT, Block, code_blocks, load_example_from, marked_blocks, read_text
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.ports import free_port
+from tests.helpers.servers import EchoUDP
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.client.endpoints import SOCKS4ClientEndpoint, SOCKS5ClientEndpoint
 from txsocksgss.errors import ConfigError
 from txsocksgss.server.config import Config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = {
     "docs/client.rst": os.path.join(ROOT, "docs", "client.rst"),
     "docs/gssapi.rst": os.path.join(ROOT, "docs", "gssapi.rst"),
     "README.rst": os.path.join(ROOT, "README.rst"),
 }
-_MARKER = re.compile(r"#\s*(example|helper):\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
 _ENDPOINT_STRINGS = ".. checked-endpoint-strings"
 
 #: The examples some test below runs (filled by `exercises`).
@@ -68,42 +65,17 @@ def exercises(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return mark
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-@dataclass(frozen=True)
-class Block:
-    """One marked Python block of a page."""
-
-    page: str
-    line: int
-    kind: str  # "example" or "helper"
-    name: str
-    source: str
-
-    def run(self, namespace: dict[str, Any]) -> None:
-        """Execute the block in ``namespace`` (tracebacks name the page and line)."""
-        exec(compile(self.source, f"{self.page} line {self.line}", "exec"), namespace)
-
-
 def _unmarked(page: str) -> list[int]:
     """Lines of the page's Python blocks that carry no marker."""
     return [
-        line for line, source in _code_blocks(_read(PAGES[page]), "python")
-        if not _MARKER.fullmatch(source.splitlines()[0].strip())
+        line for line, source in code_blocks(read_text(PAGES[page]), "python")
+        if not EXAMPLE_MARKER.fullmatch(source.splitlines()[0].strip())
     ]
 
 
 def _blocks(page: str) -> list[Block]:
     """The marked Python blocks of ``page``, in order."""
-    blocks = []
-    for line, source in _code_blocks(_read(PAGES[page]), "python"):
-        match = _MARKER.fullmatch(source.splitlines()[0].strip())
-        if match:
-            blocks.append(Block(page, line, match.group(1), match.group(2), source))
-    return blocks
+    return marked_blocks(page, read_text(PAGES[page]))
 
 
 def _all_blocks() -> list[Block]:
@@ -112,20 +84,7 @@ def _all_blocks() -> list[Block]:
 
 def load_example(name: str) -> Callable[..., Any]:
     """The function an ``# example: NAME`` block defines, after its page's helpers."""
-    [block] = [b for b in _all_blocks() if b.kind == "example" and b.name == name]
-    namespace: dict[str, Any] = {"__name__": f"docs_example_{name}"}
-    for helper in _blocks(block.page):
-        if helper.kind == "helper":
-            helper.run(namespace)
-    block.run(namespace)
-    return namespace[name]
-
-
-def _closed_port() -> int:
-    """A port on 127.0.0.1 on which nothing listens (at least for now)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return load_example_from(_all_blocks(), name)
 
 
 class MarkerTests(SynchronousTestCase):
@@ -161,11 +120,11 @@ class MarkerTests(SynchronousTestCase):
     def test_listed_endpoint_strings_parse(self) -> None:
         checked = 0
         for page, path in PAGES.items():
-            lines = _read(path).splitlines()
+            lines = read_text(path).splitlines()
             for number, line in enumerate(lines):
                 if line.strip() != _ENDPOINT_STRINGS:
                     continue
-                [(_, block)] = _code_blocks("\n".join(lines[number + 1:]), "text")[:1]
+                [(_, block)] = code_blocks("\n".join(lines[number + 1:]), "text")[:1]
                 for description in block.splitlines():
                     description = description.strip()
                     if not description:
@@ -178,7 +137,7 @@ class MarkerTests(SynchronousTestCase):
     def test_gssapi_toml_examples_are_valid(self) -> None:
         scratch = tempfile.mkdtemp(prefix="txsocksgss-docs-toml-")
         self.addCleanup(shutil.rmtree, scratch, ignore_errors=True)
-        blocks = _code_blocks(_read(PAGES["docs/gssapi.rst"]), "toml")
+        blocks = code_blocks(read_text(PAGES["docs/gssapi.rst"]), "toml")
         self.assertTrue(blocks)
         for line, block in blocks:
             try:
@@ -295,7 +254,7 @@ class ClientExampleTests(IntegrationTestCase):
     @inlineCallbacks
     def test_report_refusal(self):
         proxy_port, _ = self.startSOCKS()
-        message = yield load_example("report_refusal")(reactor, proxy_port, _closed_port())
+        message = yield load_example("report_refusal")(reactor, proxy_port, free_port())
         self.assertTrue(message.startswith("nothing listens there:"), message)
         self.assertIn("(code 5)", message)
 
@@ -309,12 +268,12 @@ class ClientExampleTests(IntegrationTestCase):
 
 
 class KerberosExampleTests(IntegrationTestCase):
-    """The GSS-API examples, against a proxy with a keytab of the test realm (tests/kerberos.py)."""
+    """The GSS-API examples, against a proxy with a keytab of the test realm (tests/helpers/kerberos.py)."""
 
     pytestmark = pytest.mark.kerberos
 
     def setUp(self) -> None:
-        from tests.kerberos import test_realm
+        from tests.helpers.kerberos import test_realm
 
         self.realm = test_realm()
 

@@ -30,11 +30,10 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.auth.test_maf import SESSION, converse
-from tests.client.test_against_own_server import Fetcher
-from tests.support import IntegrationTestCase
-from tests.test_docs import _code_blocks
-from tests.test_docs_examples import Block, _MARKER
+from tests.helpers.clients import Fetcher
+from tests.helpers.docs import EXAMPLE_MARKER, ROOT, Block, code_blocks, load_example_from, marked_blocks, read_text
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.maf import SESSION, converse, userpass_server
 from txsocksgss.auth.maf import (
     SUBMETHOD_IDS,
     Chain,
@@ -51,7 +50,6 @@ from txsocksgss.errors import ClientAuthenticationFailed, ConfigError, Connectio
 from txsocksgss.server.config import Config
 from txsocksgss.wire.socks5 import AuthMethod
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(ROOT, "docs", "maf.rst")
 PAGE_NAME = "docs/maf.rst"
 BODY = b"the page behind the proxy"
@@ -76,35 +74,23 @@ def exercises(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 
 def _read() -> str:
-    with open(PAGE, encoding="utf-8") as f:
-        return f.read()
+    return read_text(PAGE)
 
 
 def _blocks() -> list[Block]:
-    blocks = []
-    for line, source in _code_blocks(_read(), "python"):
-        match = _MARKER.fullmatch(source.splitlines()[0].strip())
-        if match:
-            blocks.append(Block(PAGE_NAME, line, match.group(1), match.group(2), source))
-    return blocks
+    return marked_blocks(PAGE_NAME, _read())
 
 
 def load_example(name: str) -> Callable[..., Any]:
     """The function an ``# example: NAME`` block of docs/maf.rst defines, after the page's helpers."""
-    [block] = [b for b in _blocks() if b.kind == "example" and b.name == name]
-    namespace: dict[str, Any] = {"__name__": f"docs_example_{name}"}
-    for helper in _blocks():
-        if helper.kind == "helper":
-            helper.run(namespace)
-    block.run(namespace)
-    return namespace[name]
+    return load_example_from(_blocks(), name)
 
 
 def _text_block_after(comment: str) -> str:
     """The first ``.. code-block:: text`` after the line ``comment``."""
     lines = _read().splitlines()
     [number] = [n for n, line in enumerate(lines) if line.strip() == comment]
-    [(_, block)] = _code_blocks("\n".join(lines[number + 1:]), "text")[:1]
+    [(_, block)] = code_blocks("\n".join(lines[number + 1:]), "text")[:1]
     return block
 
 
@@ -125,8 +111,8 @@ class PageTests(SynchronousTestCase):
     """The page's blocks: marked, defined, exercised, valid."""
 
     def test_every_python_block_is_marked(self) -> None:
-        unmarked = [line for line, source in _code_blocks(_read(), "python")
-                    if not _MARKER.fullmatch(source.splitlines()[0].strip())]
+        unmarked = [line for line, source in code_blocks(_read(), "python")
+                    if not EXAMPLE_MARKER.fullmatch(source.splitlines()[0].strip())]
         self.assertEqual(unmarked, [], "docs/maf.rst: Python blocks without '# example: NAME'")
 
     def test_names_are_unique_and_defined(self) -> None:
@@ -150,7 +136,7 @@ class PageTests(SynchronousTestCase):
     def test_toml_blocks_are_accepted(self) -> None:
         scratch = tempfile.mkdtemp(prefix="txsocksgss-docs-maf-toml-")
         self.addCleanup(shutil.rmtree, scratch, ignore_errors=True)
-        blocks = _code_blocks(_read(), "toml")
+        blocks = code_blocks(_read(), "toml")
         self.assertGreaterEqual(len(blocks), 2)
         for line, block in blocks:
             where = f"docs/maf.rst line {line}"
@@ -219,8 +205,6 @@ class PolicyProseTests(SynchronousTestCase):
 
     def run_maf(self, chains, offer, continue_on_failure=False, client_continues=False):
         """Server sub-methods: test, userpass, and a stand-in "gssapi" that fails unless sent TEST."""
-        from tests.auth.test_maf import userpass_server
-
         server = MAFServerFactory(
             ChainPolicy(chains, continue_on_failure=continue_on_failure),
             {TEST: TestSubMethodServerFactory(), USERPASS: userpass_server(), GSSAPI: TestSubMethodServerFactory()},
@@ -296,7 +280,7 @@ class MAFExampleTests(IntegrationTestCase):
     @exercises("serve_with_own_policy")
     @inlineCallbacks
     def test_serve_with_own_policy(self):
-        from tests.test_twistd import free_port
+        from tests.helpers.ports import free_port
 
         web_port, _ = self.byteServer(BODY)
         proxy_port = free_port()
@@ -361,7 +345,7 @@ class WorkedExampleTests(IntegrationTestCase):
     pytestmark = pytest.mark.kerberos
 
     def worked_example(self, **overrides: Any) -> dict[str, Any]:
-        [table] = [tomllib.loads(block) for _, block in _code_blocks(_read(), "toml")
+        [table] = [tomllib.loads(block) for _, block in code_blocks(_read(), "toml")
                    if "/etc/socksgss/proxy.toml" in block]
         self.assertEqual(table["maf_chains"], ["gssapi=2", "userpass+test=1"])
         table.update(listen=["tcp:0:interface=127.0.0.1"], **overrides)
@@ -369,7 +353,7 @@ class WorkedExampleTests(IntegrationTestCase):
 
     @inlineCallbacks
     def test_grades_and_rules_as_the_page_says(self):
-        from tests.kerberos import SERVICE_HOST, test_realm
+        from tests.helpers.kerberos import SERVICE_HOST, test_realm
         from txsocksgss.auth.gssapi import GSSAPIClientFactory
         from txsocksgss.server.rules import rules_from_table
 
@@ -414,7 +398,7 @@ class WorkedExampleTests(IntegrationTestCase):
     @inlineCallbacks
     def test_without_a_ticket_continue_on_failure_falls_back_to_grade_1(self):
         """The last case of the worked example, with the page's fetch_with_fallback client."""
-        from tests.kerberos import SERVICE_HOST, test_realm
+        from tests.helpers.kerberos import SERVICE_HOST, test_realm
         from txsocksgss.auth.gssapi import GSSAPIClientFactory
 
         realm = test_realm()

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.ops_support import EchoFactory, openTunnel, spawnTwistd
 from tests.support import IntegrationTestCase
-from tests.test_twistd import free_port
+from tests.helpers.ports import free_port
 from txsocksgss import logs
 from txsocksgss.server import session
 from txsocksgss.server.session import SessionRecord

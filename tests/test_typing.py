@@ -11,7 +11,7 @@ import sys
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.support import run_program
+from tests.helpers.processes import run_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

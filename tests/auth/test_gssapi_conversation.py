@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.kerberos import SERVICE_HOST, test_realm
+from tests.helpers.kerberos import SERVICE_HOST, test_realm
 from txsocksgss.auth.conversation import SessionInfo
 from txsocksgss.auth.gssapi import GSSAPIClientFactory, GSSAPIServerFactory, token_mechanism
 from txsocksgss.errors import ConfigError

@@ -15,9 +15,10 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
-from tests.client.test_against_own_server import Collector, Fetcher
-from tests.kerberos import SERVICE_HOST, test_realm
-from tests.support import BannerServerFactory, EchoUDP, IntegrationTestCase, StreamCollector
+from tests.helpers.clients import DatagramCollector, Fetcher, StreamCollector
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.kerberos import SERVICE_HOST, test_realm
+from tests.helpers.servers import BannerServerFactory, EchoUDP
 from txsocksgss.auth.gssapi import GSSAPIClientFactory
 from txsocksgss.client.bind import bindThroughProxy
 from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
@@ -115,7 +116,7 @@ class LevelTests(GSSAPITestCase):
     def test_udp_under_protection(self):
         echo_port = self.listenUDP(EchoUDP())
         socks_port, _ = self.startGSSAPI()
-        collector = Collector()
+        collector = DatagramCollector()
         association = yield associateUDP(self.endpoint(socks_port, "0.0.0.0", 0), collector)
         self.assertIsNotNone(association.handshake.protection)
         answer = collector.next()
@@ -464,7 +465,7 @@ class CommandLineTests(GSSAPITestCase):
     def test_socksgss_connect_over_gssapi_level_2(self):
         import sys
 
-        from tests.support import run_program
+        from tests.helpers.processes import run_program
 
         body = os.urandom(100_000)
         web_port = self.listen(BannerServerFactory(body))

@@ -10,18 +10,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import Portal
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.client.test_against_own_server import Fetcher
-from tests.support import IntegrationTestCase
-from txsocksgss.auth.conversation import SessionInfo
+from tests.helpers.clients import Fetcher
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.maf import SESSION, converse, settle, userpass_server
 from txsocksgss.auth.maf import (
     SUBMETHOD_IDS,
     AskForMore,
@@ -35,7 +33,7 @@ from txsocksgss.auth.maf import (
     TestSubMethodServerFactory,
 )
 from txsocksgss.auth.passwordfile import set_password
-from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassClientFactory, UserPassServerFactory
+from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
 from txsocksgss.errors import ClientAuthenticationFailed, ConnectionNotAllowed
 from txsocksgss.interfaces import IMAFPolicy
@@ -44,7 +42,6 @@ from txsocksgss.server.rules import rules_from_table
 TEST = SUBMETHOD_IDS["test"]
 USERPASS = SUBMETHOD_IDS["userpass"]
 GSSAPI = SUBMETHOD_IDS["gssapi"]
-SESSION = SessionInfo(client=("127.0.0.1", 4000), server=("127.0.0.1", 1080))
 
 # Hand-written from the draft (INSTR VER FLAGS ...), with NMETHODS one octet.
 OFFER_TEST = bytes.fromhex("01 00 0000 01 00000001")
@@ -57,53 +54,9 @@ REQUEST_MORE_RELATIVE = bytes.fromhex("02 00 0000")
 REQUEST_MORE_ABSOLUTE = bytes.fromhex("02 00 0001")
 
 
-def userpass_server():
-    checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-    return UserPassServerFactory(Portal(SOCKSUserRealm(), [checker]))
-
-
 def server(chains, submethods=None, policy=None, **kwargs):
     submethods = submethods or {TEST: TestSubMethodServerFactory(), USERPASS: userpass_server()}
     return MAFServerFactory(policy or ChainPolicy(chains, **kwargs), submethods).buildAuthenticator(SESSION)
-
-
-def settle(value):
-    """The step of a synchronous-or-already-fired Deferred."""
-    if isinstance(value, Deferred):
-        results = []
-        value.addBoth(results.append)
-        assert results, "the conversation is waiting on something that never fires"
-        return results[0]
-    return value
-
-
-def converse(client, server_side, limit=50):
-    """Run both conversations against each other; return (client result, server result, transcript)."""
-    transcript = []
-    step = settle(client.begin())
-    settle(server_side.begin())
-    to_server = step.send
-    client_result = server_result = None
-    for _ in range(limit):
-        if to_server:
-            transcript.append(("c", to_server))
-            sstep = settle(server_side.receive(to_server))
-            if sstep.result is not None:
-                server_result = sstep.result
-            to_client = sstep.send
-        else:
-            to_client = b""
-        if to_client:
-            transcript.append(("s", to_client))
-            cstep = settle(client.receive(to_client))
-            if cstep.result is not None:
-                client_result = cstep.result
-            to_server = cstep.send
-        else:
-            to_server = b""
-        if not to_server and not to_client:
-            break
-    return client_result, server_result, transcript
 
 
 class VectorTests(SynchronousTestCase):
@@ -336,7 +289,7 @@ class MAFEndToEndTests(IntegrationTestCase):
 class MAFKerberosTests(IntegrationTestCase):
     @inlineCallbacks
     def test_password_then_gssapi_chain_protects_the_session(self):
-        from tests.kerberos import SERVICE_HOST, test_realm
+        from tests.helpers.kerberos import SERVICE_HOST, test_realm
         from txsocksgss.auth.gssapi import GSSAPIClientFactory
 
         realm = test_realm()
@@ -370,7 +323,7 @@ class MAFClientSettingsTests(IntegrationTestCase):
 
         from twisted.internet.endpoints import clientFromString
 
-        from tests.support import run_program
+        from tests.helpers.processes import run_program
 
         path = self.mktemp()
         set_password(path, "alice", b"secret", n=2**10)
@@ -381,7 +334,7 @@ class MAFClientSettingsTests(IntegrationTestCase):
                      ":methods=maf:maf_submethods=userpass+test")
         protocol = yield endpoint.connect(Factory.forProtocol(Fetcher))
         self.assertTrue((yield protocol.done).endswith(b"strung"))
-        from tests.support import BannerServerFactory
+        from tests.helpers.servers import BannerServerFactory
 
         banner_port = self.listen(BannerServerFactory(b"hello from the banner"))
         out, err, code = yield run_program(sys.executable, [
@@ -395,7 +348,7 @@ class MAFCoolDownTests(SynchronousTestCase):
     def test_a_refused_submethod_counts_even_when_the_client_hangs_up(self):
         from twisted.internet.testing import StringTransport
 
-        from tests.server.test_protocol import ServerHarness
+        from tests.helpers.harness import ServerHarness
         from txsocksgss.server.limits import LimitSettings, SessionLimits
 
         factory = MAFServerFactory(ChainPolicy([Chain((USERPASS,), 1)]), {USERPASS: userpass_server()})

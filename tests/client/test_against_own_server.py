@@ -12,9 +12,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.error import TimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol
 
-from tests.support import Fetcher, EchoUDP, IntegrationTestCase, StreamCollector
+from tests.helpers.clients import DatagramCollector, Fetcher, StreamCollector
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.servers import EchoFactory, EchoUDP
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client.bind import bindThroughProxy
@@ -22,28 +24,6 @@ from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
 from txsocksgss.client.udp import associateUDP
 from txsocksgss.errors import ClientAuthenticationFailed, ConnectionNotAllowed, ConnectionRefused, NoAcceptableMethod
 from txsocksgss.server.rules import rules_from_table
-
-
-class Echoer(Protocol):
-    def dataReceived(self, data):
-        self.transport.write(data)
-
-
-class Collector(DatagramProtocol):
-    def __init__(self):
-        self.waiter = None
-        self.stopped = False
-
-    def datagramReceived(self, data, addr):
-        waiter, self.waiter = self.waiter, None
-        waiter.callback((data, addr))
-
-    def stopProtocol(self):
-        self.stopped = True
-
-    def next(self):
-        self.waiter = Deferred()
-        return self.waiter
 
 
 def proxy_endpoint(port: int) -> TCP4ClientEndpoint:
@@ -164,7 +144,7 @@ class BindTests(IntegrationTestCase):
     def test_bind_first_and_second_reply(self):
         socks_port, _ = self.startSOCKS()
         endpoint = SOCKS5ClientEndpoint(proxy_endpoint(socks_port), "127.0.0.1", 0)
-        pending = yield bindThroughProxy(endpoint, Factory.forProtocol(Echoer))
+        pending = yield bindThroughProxy(endpoint, EchoFactory())
         self.assertEqual(pending.address.host, "127.0.0.1")
         peer = StreamCollector()
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", pending.address.port), peer)
@@ -182,7 +162,7 @@ class UDPTests(IntegrationTestCase):
     def test_udp_association_echo(self):
         echo_port = self.listenUDP(EchoUDP())
         socks_port, _ = self.startSOCKS()
-        collector = Collector()
+        collector = DatagramCollector()
         association = yield associateUDP(SOCKS5ClientEndpoint(proxy_endpoint(socks_port), "0.0.0.0", 0),
                                          collector)
         answer = collector.next()

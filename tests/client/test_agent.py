@@ -22,7 +22,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from tests.support import IntegrationTestCase, self_signed_certificate
+from tests.helpers.certificates import self_signed_certificate
+from tests.helpers.integration import IntegrationTestCase
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client import http as socks_http

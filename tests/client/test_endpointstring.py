@@ -17,7 +17,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import Fetcher, IntegrationTestCase
+from tests.helpers.clients import Fetcher
+from tests.helpers.integration import IntegrationTestCase
 from txsocksgss.auth.none import NoAuthClientFactory
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory

@@ -66,9 +66,10 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.processes import require_program
 from tests.interop import netns
 from tests.interop.netns import WatchedProcess
-from tests.support import IntegrationTestCase, require_program
 
 __all__ = [
     "GSSAPINamespaceRig",
@@ -261,7 +262,7 @@ _keytabs: dict[tuple[int, str], str] = {}
 def service_keytab(realm: Any, host: str, service: str = "rcmd") -> str:
     """
     A keytab holding ``<service>/<host>@REALM`` in the test realm
-    (tests/kerberos.py TestRealm), made once per process and host (adding
+    (tests/helpers/kerberos.py TestRealm), made once per process and host (adding
     the principal twice would fail).
     """
     key = (id(realm), f"{service}/{host}")
@@ -459,7 +460,7 @@ class GSSAPINamespaceRig(IntegrationTestCase):
         if reason is not None:
             raise AssertionError(reason)
         self.curl = require_program("curl")
-        from tests.kerberos import test_realm
+        from tests.helpers.kerberos import test_realm
 
         self.realm = test_realm()
         self.workdir = os.path.abspath(self.mktemp())

@@ -14,7 +14,7 @@ fire with the `PeerProcess`, whose ``output`` holds the log and whose
 ``waitForOutput`` waits for a log line), and registers a cleanup that stops
 it (SIGTERM) and waits until it has exited and closed its output, so the
 reactor is left clean.  A missing program is a test failure
-(`tests.support.require_program`), never a skip.
+(`tests.helpers.processes.require_program`), never a skip.
 
 Readiness.  Dante prints ``info: Dante/server[1/1] v1.4.2 running`` on its
 log (``logoutput: stderr``) after it has called listen() on its internal
@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from typing import Any, Iterable, Sequence
 
 from twisted.internet import reactor
@@ -81,7 +80,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.support import require_program
+from tests.helpers.ports import free_port
+from tests.helpers.processes import require_program
 
 __all__ = [
     "TEST_USER",
@@ -94,7 +94,6 @@ __all__ = [
     "startMicrosocks",
     "startMicrosocksProcess",
     "danteConfig",
-    "freePort",
 ]
 
 _log = Logger()
@@ -112,13 +111,6 @@ PORT_ATTEMPTS = 3
 
 _DANTE_READY = re.compile(rb"server\[\d+/\d+\] v\S+ running")
 _PORT_TAKEN = b"Address already in use"
-
-
-def freePort() -> int:
-    """A TCP port of 127.0.0.1 that was free a moment ago (the caller binds it soon)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PeerStartError(AssertionError):
@@ -324,7 +316,7 @@ def _startWithRetries(case: TestCase, start: Any) -> Any:
     """Fire with ``start(port)``'s result for a free port; pick another port if it was taken meanwhile."""
     for attempt in range(PORT_ATTEMPTS):
         try:
-            peer = yield start(freePort())
+            peer = yield start(free_port())
         except PeerStartError as error:
             if error.port_taken and attempt + 1 < PORT_ATTEMPTS:
                 continue

@@ -12,12 +12,14 @@ import os
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol
 
+from tests.helpers.clients import DatagramCollector, Fetcher, StreamCollector
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.servers import EchoUDP, http_body
 from tests.interop.peers import TEST_PASSWORD, TEST_USER, ensureTestUser, startDante, startDanteProcess
-from tests.support import Fetcher, http_body, EchoUDP, IntegrationTestCase, StreamCollector
 from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client.bind import bindThroughProxy
 from txsocksgss.client.endpoints import SOCKS4ClientEndpoint, SOCKS5ClientEndpoint
@@ -47,24 +49,6 @@ class Greeter(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.collector.connectionLost(reason)
-
-
-class Collector(DatagramProtocol):
-    def __init__(self) -> None:
-        self.waiter: Deferred | None = None
-        self.stopped = False
-
-    def datagramReceived(self, data, addr) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None:
-            waiter.callback((data, addr))
-
-    def stopProtocol(self) -> None:
-        self.stopped = True
-
-    def next(self) -> Deferred:
-        self.waiter = Deferred()
-        return self.waiter
 
 
 def proxy_endpoint(port: int) -> TCP4ClientEndpoint:
@@ -197,7 +181,7 @@ class DanteUDPTests(IntegrationTestCase):
     def test_udp_association_echoes_by_address_and_by_name(self):
         echo_port = self.listenUDP(EchoUDP())
         dante = yield startDanteProcess(self)
-        collector = Collector()
+        collector = DatagramCollector(ignore_unexpected=True)
         association = yield associateUDP(SOCKS5ClientEndpoint(proxy_endpoint(dante.port), "0.0.0.0", 0),
                                          collector)
         self.addCleanup(association.close)

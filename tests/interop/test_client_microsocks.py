@@ -18,14 +18,16 @@ import os
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from zope.interface import implementer
 
+from tests.helpers.clients import Fetcher
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.servers import http_body
 from tests.interop.peers import startMicrosocks, startMicrosocksProcess
-from tests.support import Fetcher, http_body, IntegrationTestCase
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client.bind import bindThroughProxy

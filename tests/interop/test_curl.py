@@ -11,7 +11,8 @@ import os
 import pytest
 from twisted.internet.defer import inlineCallbacks
 
-from tests.support import IntegrationTestCase, require_program, run_program
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.processes import require_program, run_program
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.server.rules import rules_from_table
 

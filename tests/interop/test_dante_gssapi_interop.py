@@ -61,7 +61,7 @@ fixed: test_client_targeting_another_service_in_the_keytab_is_refused (our
 server accepts a context for any service whose key is in its keytab; see
 its docstring).
 
-Needs root (namespaces), MIT Kerberos (tests/kerberos.py), curl, and the
+Needs root (namespaces), MIT Kerberos (tests/helpers/kerberos.py), curl, and the
 GSS-API build of Dante (tests/interop/build_dante_gssapi.sh).
 """
 
@@ -76,9 +76,11 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 
+from tests.helpers.clients import DatagramCollector, StreamCollector
+from tests.helpers.integration import IntegrationTestCase
 from tests.interop import netns
 from tests.interop.dante import (
     GSSAPINamespaceRig,
@@ -90,7 +92,6 @@ from tests.interop.dante import (
     service_keytab,
     socksify_argv,
 )
-from tests.support import IntegrationTestCase, StreamCollector
 from txsocksgss.auth.gssapi import GSSAPIClientFactory
 from txsocksgss.auth.gssapi_wrap import GSSAPIStreamProtection
 from txsocksgss.client.bind import bindThroughProxy
@@ -236,20 +237,6 @@ class Greeter(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.collector.connectionLost(reason)
-
-
-class DatagramCollector(DatagramProtocol):
-    def __init__(self) -> None:
-        self.waiter: Deferred[tuple[bytes, tuple[str, int]]] | None = None
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None:
-            waiter.callback((data, addr))
-
-    def next(self) -> Deferred[tuple[bytes, tuple[str, int]]]:
-        self.waiter = Deferred()
-        return self.waiter
 
 
 class _Rig(GSSAPINamespaceRig):
@@ -696,7 +683,7 @@ class OurClientThroughSockdTests(_Rig):
         """
         echo_port = yield self.startEcho("udp")
         sockd = yield self.startSockd()
-        collector = DatagramCollector()
+        collector = DatagramCollector(ignore_unexpected=True)
         association = yield associateUDP(self.endpoint("0.0.0.0", 0, level), collector)
         self.addCleanup(association.close)
         self.assertEqual(association.relay[0], self.topology.proxy_address)

@@ -12,7 +12,7 @@ the body must arrive byte for byte, at each protection level, and sockd's
 log must show the level and the principal.  A level the server does not
 offer is refused.
 
-Needs root (namespaces), MIT Kerberos (tests/kerberos.py) and the GSS-API
+Needs root (namespaces), MIT Kerberos (tests/helpers/kerberos.py) and the GSS-API
 build of Dante made by tests/interop/build_dante_gssapi.sh (which
 ``scripts/bootstrap.sh test`` runs); a missing build fails the test with a
 message naming the script.

@@ -23,10 +23,8 @@ whose destination is on 127.0.0.1, turn it off.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
-import sys
 from typing import Any
 
 import pytest
@@ -34,18 +32,20 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.error import ConnectError
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
-from tests.stress_support import HostileClient, waitUntil
-from tests.support import Fetcher, IntegrationTestCase, require_program
+from tests.helpers.clients import Fetcher, HostileClient
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.ports import free_port
+from tests.helpers.processes import TWISTD, WatchedProcess, require_program, spawnWatched
+from tests.helpers.stress import waitUntil
 from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
 from txsocksgss.errors import ConnectionNotAllowed
 from txsocksgss.server.config import Config
 from txsocksgss.server.service import makeServerFactory
 from txsocksgss.wire.socks5 import Address, Command, Request
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 _BODY = os.urandom(64 * 1024)
 _READY_WITHIN = 15.0
 _RULES = """\
@@ -58,78 +58,20 @@ from = ["127.0.0.2/32", "127.0.0.3/32", "127.0.0.4/32"]
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class WatchedProcess(ProcessProtocol):
-    """Collects a child's output; ``waitFor(text)`` fires once it has appeared, ``ended`` at the exit."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.output = b""
-        self.ended: Deferred[Any] = Deferred()
-        self._waiters: list[tuple[bytes, Deferred[None]]] = []
-
-    def waitFor(self, text: bytes) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if text in self.output:
-            d.callback(None)
-        elif self.ended.called:
-            d.errback(AssertionError(f"{self.name} exited without {text!r}:\n{self.output.decode(errors='replace')}"))
-        else:
-            self._waiters.append((text, d))
-        return d
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        waiting, self._waiters = self._waiters, []
-        for text, d in waiting:
-            if text in self.output:
-                d.callback(None)
-            else:
-                self._waiters.append((text, d))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        waiting, self._waiters = self._waiters, []
-        for text, d in waiting:
-            d.errback(AssertionError(f"{self.name} exited without {text!r}:\n{self.output.decode(errors='replace')}"))
-        self.ended.callback(reason.value)
-
-    def sessionLines(self, needle: str = "") -> list[str]:
-        return [line for line in self.output.decode(errors="replace").splitlines()
-                if "session client=" in line and needle in line]
-
-
 @pytest.mark.interop
 class HAProxyInteropTests(IntegrationTestCase):
     timeout = 120
 
     def spawn(self, name: str, executable: str, args: list[str]) -> WatchedProcess:
-        process = WatchedProcess(name)
-        transport = reactor.spawnProcess(process, executable, [executable, *args], env=dict(os.environ))
-
-        def stop() -> Any:
-            if process.ended.called:
-                return None
-            transport.signalProcess(signal.SIGTERM)
-            # Bounded: a process that ignores SIGTERM is killed.
-            kill = reactor.callLater(_READY_WITHIN, lambda: process.ended.called or transport.signalProcess("KILL"))
-            return process.ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
-
-        self.addCleanup(stop)
-        return process
+        # Ended with SIGTERM, bounded: a process that ignores it is killed.
+        return spawnWatched(self, name, executable, args, stop_grace=_READY_WITHIN)
 
     @inlineCallbacks
     def startProxies(self, rules: str, *extra: str) -> Any:
         """Two twistd socksgss processes on haproxy: listeners; fires with [(port, process), ...]."""
         proxies = []
         for name in ("a", "b"):
-            port = _free_port()
+            port = free_port()
             process = self.spawn(f"twistd {name}", TWISTD, [
                 "-n", "--pidfile=", "--logfile=-", "socksgss",
                 "--listen", f"haproxy:tcp:{port}:interface=127.0.0.1",
@@ -143,7 +85,7 @@ class HAProxyInteropTests(IntegrationTestCase):
     def startHAProxy(self, proxies: list[tuple[int, WatchedProcess]]) -> Any:
         """haproxy in the foreground, one frontend per PROXY version; fires with {1: port, 2: port}."""
         haproxy = require_program("haproxy")
-        frontends = {1: _free_port(), 2: _free_port()}
+        frontends = {1: free_port(), 2: free_port()}
         directory = self.mktemp()
         os.makedirs(directory)
         config = os.path.join(directory, "haproxy.cfg")

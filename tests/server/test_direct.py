@@ -24,22 +24,14 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.server.test_faults import FaultTestCase, _blackhole, whenLeft, whenSessionEnds
-from tests.server.test_protocol import FakeResolver
+from tests.helpers.fakes import FakeResolver
+from tests.helpers.faults import FaultTestCase, whenLeft, whenSessionEnds
+from tests.helpers.ports import blackhole, free_port
 from txsocksgss.server.direct import DirectConnector
 from txsocksgss.server.outbound import reply_code_for
 from txsocksgss.server.protocol import SessionState
 from txsocksgss.server.splice import SpliceRelay
 from txsocksgss.wire.socks5 import Address, AddressType, Command, ReplyCode, Request
-
-
-def _closed_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on (just freed)."""
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    probe.bind((host, 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 class _TimersFrom(Clock):
@@ -59,8 +51,8 @@ def _nextTurn() -> Deferred[None]:
 
 class DirectConnectTests(FaultTestCase):
     def unansweredPort(self) -> int:
-        """A port on 127.0.0.1 where a connect stays in progress (`_blackhole`) until the test ends."""
-        listener, filler = _blackhole()
+        """A port on 127.0.0.1 where a connect stays in progress (`blackhole`) until the test ends."""
+        listener, filler = blackhole()
         self.addCleanup(listener.close)
         self.addCleanup(filler.close)
         port: int = listener.getsockname()[1]
@@ -101,7 +93,7 @@ class DirectConnectTests(FaultTestCase):
 
     @inlineCallbacks
     def test_refused_is_05(self):
-        port = _closed_port()
+        port = free_port()
         socks_port, _factory = self.startSOCKS()
         client = yield self.connectScripted(socks_port, Request(Command.CONNECT, Address.of("127.0.0.1", port)))
         reply = yield client.reply(0)
@@ -214,7 +206,7 @@ class DirectConnectTests(FaultTestCase):
     @inlineCallbacks
     def test_refused_failure_is_connectTCPs(self):
         outcomes: list[Any] = []
-        connector = DirectConnector(reactor, ["127.0.0.1"], _closed_port(), None, outcomes.append, outcomes.append)
+        connector = DirectConnector(reactor, ["127.0.0.1"], free_port(), None, outcomes.append, outcomes.append)
         connector.start()
         if not outcomes:  # not refused at once: the refusal comes as an event
             yield deferLater(reactor, 0.05, lambda: None)
@@ -276,7 +268,7 @@ class DirectConnectTests(FaultTestCase):
         [session] = factory.context.sessions
         self.assertIsInstance(session.relay.upstream, socket.socket)
         yield self.assertAlive(client)
-        refused = yield self.connectScripted(socks_port, Request(Command.CONNECT, Address.of("::1", _closed_port("::1"))))
+        refused = yield self.connectScripted(socks_port, Request(Command.CONNECT, Address.of("::1", free_port("::1"))))
         self.assertEqual((yield refused.reply(0)).code, ReplyCode.CONNECTION_REFUSED)
 
 

@@ -21,186 +21,27 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from typing import Any
 
 import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IHostnameResolver
-from twisted.internet.protocol import Factory, Protocol
-from zope.interface import implementer
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory
 
-from tests.server.test_limits import lines_with
-from tests.server.test_protocol import FakeResolver
-from tests.support import IntegrationTestCase, ScriptedClient
+from tests.helpers.clients import StreamCollector
+from tests.helpers.fakes import FakeResolver, SilentResolver
+from tests.helpers.faults import FaultTestCase, whenLeft, whenSessionEnds
+from tests.helpers.logs import lines_with
+from tests.helpers.ports import blackhole, free_port, free_portbase
 from txsocksgss.server.protocol import SOCKS5ServerProtocol, SessionState
 from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request
-
-
-class _Echo(Protocol):
-    def connectionMade(self) -> None:
-        self.factory.connections.add(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        if data == b"RESET":
-            self.transport.abortConnection()  # SO_LINGER 0: the peer gets an RST
-            return
-        self.transport.write(data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.factory.connections.discard(self)
-        waiters, self.factory.waiters = self.factory.waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-
-class EchoFactory(Factory):
-    """Echoes; on the bytes ``RESET`` it resets the connection instead."""
-
-    protocol = _Echo
-    noisy = False
-
-    def __init__(self) -> None:
-        self.connections: set[_Echo] = set()
-        self.waiters: list[Deferred[None]] = []
-
-    def whenAllClosed(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if self.connections:
-            self.waiters.append(d)
-            d.addCallback(lambda _: self.whenAllClosed())
-        else:
-            d.callback(None)
-        return d
-
-
-class _Resolution:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-@implementer(IHostnameResolver)
-class SilentResolver:
-    """A name server that never answers; its resolutions note being cancelled."""
-
-    def __init__(self) -> None:
-        self.resolutions: list[_Resolution] = []
-
-    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
-        resolution = _Resolution(hostName)
-        self.resolutions.append(resolution)
-        receiver.resolutionBegan(resolution)
-        return resolution
-
-
-class _RawClient(Protocol):
-    """Writes what it is told; ``received`` collects; ``lost`` fires at the close."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.lost: Deferred[bytes] = Deferred()
-        self._waiter: tuple[Deferred[bytes], int] | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        if self._waiter is not None and len(self.received) >= self._waiter[1]:
-            waiter, self._waiter = self._waiter[0], None
-            waiter.callback(self.received)
-
-    def waitFor(self, count: int) -> Deferred[bytes]:
-        d: Deferred[bytes] = Deferred()
-        if len(self.received) >= count:
-            d.callback(self.received)
-        else:
-            self._waiter = (d, count)
-        return d
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost.callback(self.received)
-
-
-class FaultTestCase(IntegrationTestCase):
-    #: The zero-copy relay where the platform has it; subclasses also run the ordinary one.
-    splice = True
-
-    def startSOCKS(self, **config: Any) -> tuple[int, Any]:
-        config.setdefault("splice", self.splice)
-        return super().startSOCKS(**config)
-
-    def setUp(self) -> None:
-        self.logs = self.captureLogs()
-        self.echo = EchoFactory()
-        self.echo_port = self.listen(self.echo)
-        self.addCleanup(self.echo.whenAllClosed)
-
-    @inlineCallbacks
-    def bystander(self, socks_port: int) -> Any:
-        """A session relaying to the echo server, to prove it outlives the fault."""
-        client = yield self.connectScripted(socks_port,
-                                            Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)))
-        reply = yield client.reply(0)
-        self.assertEqual(reply.code, ReplyCode.SUCCEEDED)
-        yield self.assertAlive(client)
-        return client
-
-    @inlineCallbacks
-    def assertAlive(self, client: ScriptedClient) -> Any:
-        token = os.urandom(8).hex().encode()
-        before = len(client.data)
-        client.transport.write(token)
-        data = yield client.waitForData(before + len(token))
-        self.assertEqual(data[before:], token)
-
-    def connectRaw(self, socks_port: int) -> Deferred[_RawClient]:
-        client = _RawClient()
-        d = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks_port), client)
-
-        def cleanup() -> Any:
-            if client.transport is not None and client.transport.connected:
-                client.transport.abortConnection()
-            return client.lost
-
-        self.addCleanup(cleanup)
-        return d
-
-    def sessionLine(self, *outcomes: str) -> str:
-        """The one session log line whose outcome starts with one of ``outcomes``."""
-        lines = [line for outcome in outcomes for line in lines_with(self.logs, f"outcome={outcome}")]
-        self.assertEqual(len(lines), 1, "\n".join(self.logs))
-        return lines[0]
-
-    def assertNoTimersOf(self, session: SOCKS5ServerProtocol) -> None:
-        owners = [getattr(call.func, "__self__", None) for call in reactor.getDelayedCalls()]
-        self.assertNotIn(session, owners)
-        self.assertIsNone(session._negotiation_timer)
-        self.assertIsNone(session._linger)
-
-
-def _blackhole() -> tuple[socket.socket, socket.socket]:
-    """
-    A listening port whose accept queue is full: the kernel drops further
-    SYNs, so a connection attempt there is never answered.
-    """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    filler = socket.create_connection(listener.getsockname(), timeout=5)  # completes: the queue's one place
-    return listener, filler
 
 
 class DestinationFaultTests(FaultTestCase):
     @inlineCallbacks
     def test_refused_is_05_and_only_that_session_ends(self):
-        closed = socket.socket()
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-        closed.close()
+        port = free_port()
         socks_port, _factory = self.startSOCKS()
         bystander = yield self.bystander(socks_port)
         client = yield self.connectScripted(socks_port, Request(Command.CONNECT, Address.of("127.0.0.1", port)))
@@ -227,7 +68,7 @@ class DestinationFaultTests(FaultTestCase):
 
     @inlineCallbacks
     def test_never_answering_destination_is_06_at_the_negotiation_timeout(self):
-        listener, filler = _blackhole()
+        listener, filler = blackhole()
         self.addCleanup(listener.close)
         self.addCleanup(filler.close)
         port = listener.getsockname()[1]
@@ -270,37 +111,6 @@ class DNSFaultTests(FaultTestCase):
         yield self.assertAlive(bystander)
 
 
-def whenSessionEnds(factory: Any, session: SOCKS5ServerProtocol) -> Deferred[None]:
-    """Fires once ``session``'s connection is gone and its connectionLost has run."""
-    done: Deferred[None] = Deferred()
-    if session not in factory.context.sessions:
-        done.callback(None)
-        return done
-    original = session.connectionLost
-
-    def connectionLost(reason: Any = None) -> None:
-        original(reason)
-        done.callback(None)
-
-    session.connectionLost = connectionLost  # type: ignore[method-assign]
-    return done
-
-
-def whenLeft(session: SOCKS5ServerProtocol, state: SessionState) -> Deferred[None]:
-    """Fires once ``session`` has handled received bytes that took it out of ``state``."""
-    done: Deferred[None] = Deferred()
-    original = session.dataReceived
-
-    def dataReceived(data: bytes) -> None:
-        original(data)
-        if session.state is not state and not done.called:
-            del session.dataReceived
-            done.callback(None)
-
-    session.dataReceived = dataReceived  # type: ignore[method-assign]
-    return done
-
-
 class VanishingClientTests(FaultTestCase):
     @inlineCallbacks
     def handshakeThenVanish(self, socks_port: int, factory: Any, request_part: bytes) -> Any:
@@ -333,7 +143,7 @@ class VanishingClientTests(FaultTestCase):
 
     @inlineCallbacks
     def test_vanishing_while_the_destination_is_reached_cancels_the_attempt(self):
-        listener, filler = _blackhole()
+        listener, filler = blackhole()
         self.addCleanup(listener.close)
         self.addCleanup(filler.close)
         socks_port, factory = self.startSOCKS()
@@ -390,7 +200,7 @@ class VanishingClientOrdinaryRelayTests(VanishingClientTests):
 class KDCDownTests(FaultTestCase):
     """
     The KDC is unreachable while the server accepts a GSS-API context.  The
-    test has its own realm (the process-wide one in tests/kerberos.py serves
+    test has its own realm (the process-wide one in tests/helpers/kerberos.py serves
     the other tests, so its KDC stays up); nothing in the process environment
     points at this realm: the client names its credential cache and the
     full service principal, the server its keytab.
@@ -399,9 +209,8 @@ class KDCDownTests(FaultTestCase):
     def startRealm(self) -> Any:
         from k5test import K5Realm
 
-        from tests.kerberos import _free_portbase
 
-        portbase = _free_portbase()
+        portbase = free_portbase()
         realm = K5Realm(
             realm="KDCDOWN.TEST",
             portbase=portbase,
@@ -439,7 +248,7 @@ class KDCDownTests(FaultTestCase):
         proxy = TCP4ClientEndpoint(reactor, "127.0.0.1", socks_port)
         endpoint = SOCKS5ClientEndpoint(proxy, "127.0.0.1", self.echo_port, [GSSAPIClientFactory(
             principal=service, ccache=realm.ccache, level=ProtectionLevel.CONFIDENTIALITY)])
-        collector = _RawClient()
+        collector = StreamCollector()
         connection = yield endpoint.establish(Factory.forProtocol(lambda: collector))
         self.assertEqual(connection.identity.user, realm.user_princ)
         self.assertEqual(connection.identity.attributes["protection"], "confidentiality")

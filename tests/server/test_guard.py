@@ -12,11 +12,10 @@ import ipaddress
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.server.test_limits import HangingResolver, capture_logs, lines_with, udp_session
-from tests.server.test_protocol import FakeResolver, ServerHarness, connect_request
-from tests.server.test_socks4 import request as socks4_request
-from tests.server.test_socks4 import socks4_harness
-from tests.support import IntegrationTestCase
+from tests.helpers.fakes import FakeResolver, HangingResolver
+from tests.helpers.harness import ServerHarness, connect_request, socks4_harness, socks4_request, udp_session
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.logs import capture_logs, lines_with
 from txsocksgss.server.guard import (
     CLOUD_METADATA_ADDRESSES,
     DestinationGuard,

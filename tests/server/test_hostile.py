@@ -47,8 +47,10 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from tests.stress_support import HostileClient, LocalResolver, open_fds, waitUntil
-from tests.support import Fetcher, IntegrationTestCase
+from tests.helpers.clients import Fetcher, HostileClient
+from tests.helpers.fakes import FakeResolver
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.stress import open_fds, waitUntil
 from txsocksgss.auth.maf import MAFClientFactory, TestSubMethodClientFactory
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
@@ -505,7 +507,7 @@ class HostileInputTests(IntegrationTestCase):
         # Bad credentials are the point here: no cool-down for the addresses sending them.
         config.setdefault("auth_fail_limit", 0)
         socks_port, factory = self.startSOCKS(rules=rules, **config)
-        factory.context.resolver = LocalResolver({_LEGIT_NAME: ["127.0.0.1"]})
+        factory.context.resolver = FakeResolver({_LEGIT_NAME: ["127.0.0.1"]})
         factory.context.reactor = _LoopbackOnlyReactor(reactor)
         return socks_port, factory, web_port
 
@@ -668,7 +670,7 @@ class HostileInputTests(IntegrationTestCase):
     @pytest.mark.kerberos
     @inlineCallbacks
     def test_gssapi_frames(self):
-        from tests.kerberos import SERVICE_HOST, test_realm
+        from tests.helpers.kerberos import SERVICE_HOST, test_realm
         from txsocksgss.auth.gssapi import GSSAPIClientFactory
         from txsocksgss.wire.gssapi import ProtectionLevel
 
@@ -800,7 +802,7 @@ class ListenInsidePollTests(IntegrationTestCase):
 
     @inlineCallbacks
     def test_udp_relay_port_survives_a_descriptor_reused_within_one_poll(self):
-        from tests.support import EchoUDP
+        from tests.helpers.servers import EchoUDP
         from txsocksgss.wire.udp import UDPDatagram, parse_udp_datagram
 
         logs = self.captureLogs()

@@ -16,7 +16,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from zope.interface import implementer
 
-from tests.support import EchoUDP, IntegrationTestCase, StreamCollector
+from tests.helpers.clients import StreamCollector
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.servers import EchoUDP
 from txsocksgss.server.rules import rules_from_table
 from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request
 from txsocksgss.wire.udp import UDPDatagram, parse_udp_datagram
@@ -329,7 +331,7 @@ class UDPNameFailureTests(IntegrationTestCase):
         udp_client = _UDPClient()
         client_udp_port = self.listenUDP(udp_client)
         socks_port, factory = self.startSOCKS()
-        from tests.server.test_protocol import FakeResolver
+        from tests.helpers.fakes import FakeResolver
 
         factory.context.resolver = FakeResolver({})  # every name fails, at once
         client = yield self.connectScripted(

@@ -24,8 +24,10 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.server.test_faults import FaultTestCase, _blackhole
-from tests.server.test_protocol import FakeResolver
+from tests.helpers.clients import ScriptedClient, StreamCollector
+from tests.helpers.fakes import FakeResolver
+from tests.helpers.faults import FaultTestCase
+from tests.helpers.ports import blackhole, free_port
 from txsocksgss.auth.conversation import ANONYMOUS, AuthResult, AuthStep
 from txsocksgss.interfaces import IServerAuthenticator, IServerAuthenticatorFactory
 from txsocksgss.server.config import Config
@@ -132,10 +134,7 @@ class LeanTests(FaultTestCase):
 
     @inlineCallbacks
     def test_refused_is_05(self):
-        closed = socket.socket()
-        closed.bind(("127.0.0.1", 0))
-        closed_port = closed.getsockname()[1]
-        closed.close()
+        closed_port = free_port()
         port, _factory = yield self.startLean()
         client = yield self.connect(port, Request(Command.CONNECT, Address.of("127.0.0.1", closed_port)))
         self.assertEqual((yield client.reply(0)).code, ReplyCode.CONNECTION_REFUSED)
@@ -167,7 +166,7 @@ class LeanTests(FaultTestCase):
 
     @inlineCallbacks
     def test_negotiation_timeouts(self):
-        listener, filler = _blackhole()
+        listener, filler = blackhole()
         self.addCleanup(listener.close)
         self.addCleanup(filler.close)
         port, _factory = yield self.startLean(negotiation_timeout=0.3)
@@ -206,7 +205,7 @@ class LeanTests(FaultTestCase):
 
     @inlineCallbacks
     def test_too_much_data_before_the_reply_is_a_general_failure(self):
-        listener, filler = _blackhole()
+        listener, filler = blackhole()
         self.addCleanup(listener.close)
         self.addCleanup(filler.close)
         port, _factory = yield self.startLean()
@@ -224,10 +223,9 @@ class LeanTests(FaultTestCase):
         port, factory = yield self.startLean(max_sessions=1)
         first = yield self.connect(port, Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)))
         yield first.reply(0)
-        from tests.server.test_faults import _RawClient
         from twisted.internet.error import ConnectError
 
-        second = _RawClient()
+        second = StreamCollector()
         try:
             yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), second)
         except ConnectError:
@@ -264,7 +262,6 @@ class LeanTests(FaultTestCase):
     def test_an_ipv6_listener_and_client(self):
         port, factory = yield self.startLean(interface="::1")
         from twisted.internet.endpoints import TCP6ClientEndpoint
-        from tests.support import ScriptedClient
 
         client = ScriptedClient(Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)))
         yield connectProtocol(TCP6ClientEndpoint(reactor, "::1", port), client)
@@ -446,10 +443,7 @@ class LeanFallbackTests(FaultTestCase):
     @inlineCallbacks
     def test_reuse_port_lets_two_listeners_share_a_port(self):
         factory = makeServerFactory(Config.build(listen=["tcp:0:interface=127.0.0.1"]), reactor)
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        number = probe.getsockname()[1]
-        probe.close()
+        number = free_port()
         first = yield LeanTCPServerEndpoint(reactor, number, "127.0.0.1", reuse_port=True).listen(factory)
         second = yield LeanTCPServerEndpoint(reactor, number, "127.0.0.1", reuse_port=True).listen(factory)
         self.addCleanup(first.stopListening)

@@ -9,7 +9,6 @@ connection and a slowloris client.
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -19,16 +18,16 @@ from twisted.internet import reactor, task
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.server.test_protocol import FakeResolver, HalfCloseableStringTransport, connect_request
-from tests.support import IntegrationTestCase
+from tests.helpers.fakes import FakeResolver, HalfCloseableStringTransport, HangingResolver
+from tests.helpers.harness import connect_request, udp_session
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.logs import capture_logs, lines_with
 from txsocksgss.auth.conversation import AuthStep
 from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
@@ -48,25 +47,9 @@ from txsocksgss.server.protocol import ServerContext, SessionState, SOCKSServerF
 from txsocksgss.server.rules import ALLOW_ALL
 from txsocksgss.server.service import makeServerFactory
 from txsocksgss.tap import Options
-from txsocksgss.wire.socks5 import Address, Command, Request
+from txsocksgss.wire.socks5 import Address
 from txsocksgss.wire.udp import UDPDatagram
 from txsocksgss.wire.userpass import UserPassRequest
-
-
-def capture_logs(test: Any) -> list[str]:
-    """Every log event from now to the end of ``test``, formatted."""
-    lines: list[str] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observer)
-    test.addCleanup(globalLogPublisher.removeObserver, observer)
-    return lines
-
-
-def lines_with(lines: list[str], text: str) -> list[str]:
-    return [line for line in lines if text in line]
 
 
 # --- the sans-IO class -----------------------------------------------------------
@@ -499,7 +482,7 @@ class BufferCapTests(SynchronousTestCase):
 @pytest.mark.kerberos
 class GSSAPITokenCapTests(SynchronousTestCase):
     def test_a_context_token_is_capped_by_its_16_bit_length(self):
-        from tests.kerberos import test_realm
+        from tests.helpers.kerberos import test_realm
         from txsocksgss.auth.gssapi import GSSAPIServerFactory
 
         realm = test_realm()
@@ -517,65 +500,6 @@ class GSSAPITokenCapTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"\x01\xff")  # read whole, refused, aborted
         self.assertTrue(transport.disconnecting)
         self.assertIn("authentication failed", protocol.record.outcome)
-
-
-class _FakeUDPPort:
-    def __init__(self, protocol, interface):
-        self.protocol = protocol
-        self.interface = interface
-        self.written: list[tuple[bytes, Any]] = []
-        self.listening = True
-
-    def getHost(self):
-        return IPv4Address("UDP", self.interface, 6000)
-
-    def write(self, data, addr):
-        self.written.append((data, addr))
-
-    def stopListening(self):
-        self.listening = False
-
-
-class UDPMemoryReactor(MemoryReactorClock):
-    """MemoryReactorClock with listenUDP: the ports are kept in ``udpPorts``."""
-
-    def __init__(self):
-        super().__init__()
-        self.udpPorts: list[_FakeUDPPort] = []
-
-    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
-        fake = _FakeUDPPort(protocol, interface)
-        protocol.transport = fake
-        self.udpPorts.append(fake)
-        return fake
-
-
-@implementer(IHostnameResolver)
-class HangingResolver:
-    """Never answers; remembers what it was asked."""
-
-    def __init__(self):
-        self.asked: list[str] = []
-
-    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
-        self.asked.append(hostName)
-        receiver.resolutionBegan(None)
-        return None
-
-
-def udp_session(resolver=None, guard=None):
-    """A UDP association on fakes: (context, protocol, client port, client address)."""
-    reactor_ = UDPMemoryReactor()
-    context = ServerContext(reactor=reactor_, resolver=resolver or FakeResolver(), guard=guard,
-                            authenticators=(NoAuthServerFactory(),), policy=ALLOW_ALL)
-    protocol = SOCKSServerFactory(context).buildProtocol(None)
-    transport = HalfCloseableStringTransport(hostAddress=IPv4Address("TCP", "192.0.2.1", 1080),
-                                             peerAddress=IPv4Address("TCP", "192.0.2.10", 40000))
-    protocol.makeConnection(transport)
-    protocol.dataReceived(b"\x05\x01\x00" + Request(Command.UDP_ASSOCIATE, Address.of("0.0.0.0", 0)).serialize())
-    reactor_.advance(0)  # the association opens its sockets on the next reactor turn
-    [client_side] = [port for port in reactor_.udpPorts if port.interface == "192.0.2.1"]
-    return context, protocol, client_side, ("192.0.2.10", 7000)
 
 
 class UDPQueueTests(SynchronousTestCase):

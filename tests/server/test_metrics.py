@@ -20,9 +20,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent
 
-from tests.ops_support import EchoFactory, openTunnel, spawnTwistd
-from tests.support import IntegrationTestCase
-from tests.test_twistd import free_port
+from tests.helpers.clients import StreamCollector, openTunnel
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.ports import free_port
+from tests.helpers.processes import spawnTwistd
+from tests.helpers.servers import EchoFactory
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.errors import ConfigError
 from txsocksgss.server.config import Config
@@ -203,24 +205,6 @@ class MetricsConfigTests(SynchronousTestCase):
         self.assertIn("--workers", str(error))
 
 
-class _RawClient(Protocol):
-    """Sends bytes at connect and collects the answer until the server closes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.received = b""
-        self.lost: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.data)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost.callback(self.received)
-
-
 def _userpass(user: bytes, password: bytes) -> bytes:
     return b"\x05\x01\x02" + b"\x01" + struct.pack("!B", len(user)) + user + struct.pack("!B", len(password)) + password
 
@@ -276,7 +260,7 @@ class MetricsEndpointTests(IntegrationTestCase):
 
         tunnel.transport.loseConnection()
         yield tunnel.lost
-        bad_login = _RawClient(_userpass(b"alice", b"wrong"))
+        bad_login = StreamCollector(_userpass(b"alice", b"wrong"))
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", proxy_port), bad_login)
         yield bad_login.lost
         yield service.factory.context.whenDrained()

@@ -14,113 +14,24 @@ from hypothesis import strategies as st
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet import error as ierror
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
-from twisted.internet.interfaces import IHostnameResolver
 
+from tests.helpers.harness import ServerHarness, connect_request
 from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
-from txsocksgss.server.protocol import ServerContext, SessionState, SOCKSServerFactory, _writeNow
-from txsocksgss.server.rules import ALLOW_ALL, rules_from_table
-from txsocksgss.wire.reader import MessageBuffer
+from txsocksgss.server.protocol import SessionState, _writeNow
+from txsocksgss.server.rules import rules_from_table
 from txsocksgss.wire.socks5 import (
     Address,
     AddressType,
-    Command,
     Greeting,
     ReplyCode,
-    Request,
-    parse_reply,
 )
 from txsocksgss.wire.userpass import UserPassRequest
-
-
-@implementer(IHostnameResolver)
-class FakeResolver:
-    """Answers from a dict; names not in it do not resolve."""
-
-    def __init__(self, names: dict[str, list[str]] | None = None) -> None:
-        self.names = names or {}
-        self.asked: list[str] = []
-
-    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
-        self.asked.append(hostName)
-        receiver.resolutionBegan(None)
-        for address in self.names.get(hostName, []):
-            kind = IPv6Address if ":" in address else IPv4Address
-            receiver.addressResolved(kind("TCP", address, portNumber))
-        receiver.resolutionComplete()
-        return None
-
-
-class HalfCloseableStringTransport(StringTransport):
-    def loseWriteConnection(self) -> None:
-        self.writeClosed = True
-
-
-def connect_request(host: str, port: int = 80) -> bytes:
-    return Request(Command.CONNECT, Address.of(host, port)).serialize()
-
-
-class ServerHarness:
-    """A server protocol on a StringTransport, with a MemoryReactorClock."""
-
-    def __init__(self, authenticators=None, policy=ALLOW_ALL, names=None, negotiation_timeout=30.0,
-                 idle_timeout=3600.0):
-        self.reactor = MemoryReactorClock()
-        self.resolver = FakeResolver(names)
-        self.context = ServerContext(
-            reactor=self.reactor,
-            resolver=self.resolver,
-            authenticators=tuple(authenticators or (NoAuthServerFactory(),)),
-            policy=policy,
-            negotiation_timeout=negotiation_timeout,
-            idle_timeout=idle_timeout,
-        )
-        self.protocol = SOCKSServerFactory(self.context).buildProtocol(None)
-        self.transport = HalfCloseableStringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 1080),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
-        )
-        self.protocol.makeConnection(self.transport)
-
-    def send(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-
-    def take(self) -> bytes:
-        value = self.transport.value()
-        self.transport.clear()
-        return value
-
-    def replies(self, data: bytes) -> list:
-        buffer = MessageBuffer()
-        buffer.feed(data)
-        out = []
-        while True:
-            reply = buffer.next(parse_reply)
-            if reply is None:
-                return out
-            out.append(reply)
-
-    def complete_connect(self, index: int = -1):
-        """Let the pending outgoing connection succeed; return its transport."""
-        host, port, factory, _timeout, _bind = self.reactor.tcpClients[index]
-        protocol = factory.buildProtocol(None)
-        upstream = HalfCloseableStringTransport(
-            hostAddress=IPv4Address("TCP", "192.0.2.7", 5555),
-            peerAddress=IPv4Address("TCP", host, port),
-        )
-        protocol.makeConnection(upstream)
-        return protocol, upstream
-
-    def fail_connect(self, exception: Exception, index: int = -1) -> None:
-        _host, _port, factory, _timeout, _bind = self.reactor.tcpClients[index]
-        factory.clientConnectionFailed(None, Failure(exception))
 
 
 class MethodSelectionTests(SynchronousTestCase):

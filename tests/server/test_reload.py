@@ -19,9 +19,11 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.ops_support import EchoFactory, Tunnel, openTunnel, spawnTwistd
-from tests.support import IntegrationTestCase
-from tests.test_twistd import free_port
+from tests.helpers.clients import Tunnel, openTunnel
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.ports import free_port
+from tests.helpers.processes import spawnTwistd
+from tests.helpers.servers import EchoFactory
 from txsocksgss.auth.passwordfile import PasswordFileChecker, run_synchronously, set_password
 from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
 from txsocksgss.errors import ConnectionNotAllowed

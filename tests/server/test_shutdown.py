@@ -19,9 +19,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.ops_support import EchoFactory, openTunnel, spawnTwistd
-from tests.support import IntegrationTestCase
-from tests.test_twistd import free_port
+from tests.helpers.clients import openTunnel
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.ports import free_port
+from tests.helpers.processes import spawnTwistd
+from tests.helpers.servers import EchoFactory
 from txsocksgss.errors import ConfigError
 from txsocksgss.server.config import Config
 from txsocksgss.server.service import SOCKSService, makeService

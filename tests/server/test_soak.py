@@ -37,17 +37,8 @@ from twisted.internet.defer import DeferredList, DeferredSemaphore, inlineCallba
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 
-from tests.stress_support import (
-    Pump,
-    SOCKSPump,
-    UpstreamPumpFactory,
-    open_fds,
-    payload_prefix_digest,
-    raise_fd_limit,
-    settle_memory,
-    waitUntil,
-)
-from tests.support import IntegrationTestCase
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.stress import Pump, SOCKSPump, UpstreamPumpFactory, open_fds, payload_prefix_digest, raise_fd_limit, settle_memory, waitUntil
 from txsocksgss.server.relay import Relay
 from txsocksgss.server.splice import SpliceRelay
 from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request

@@ -8,41 +8,31 @@ from __future__ import annotations
 
 import os
 import pwd
-import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import error as ierror
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.client.test_against_own_server import Fetcher
-from tests.server.test_protocol import ServerHarness
-from tests.support import IntegrationTestCase
+from tests.helpers.clients import Fetcher, StreamCollector
+from tests.helpers.harness import ServerHarness, socks4_harness, socks4_request
+from tests.helpers.identd import startIdentd
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.ports import free_port
+from tests.helpers.servers import EchoFactory
 from txsocksgss.auth.ident import IdentOutcome
 from txsocksgss.client.endpoints import SOCKS4ClientEndpoint
 from txsocksgss.errors import SOCKS4IdentMismatch, SOCKS4IdentUnreachable, SOCKS4Rejected
 from txsocksgss.interfaces import IIdentChecker
 from txsocksgss.server.protocol import SessionState
 from txsocksgss.server.rules import rules_from_table
-from txsocksgss.wire.socks4 import SOCKS4Command, SOCKS4ReplyCode, SOCKS4Request
-
-
-def socks4_harness(**kwargs) -> ServerHarness:
-    harness = ServerHarness(**kwargs)
-    harness.context.socks4 = True
-    return harness
-
-
-def request(host="192.0.2.1", port=80, userid=b"alice", command=SOCKS4Command.CONNECT) -> bytes:
-    if host[0].isdigit():
-        return SOCKS4Request(command, port, host, userid).serialize()
-    return SOCKS4Request(command, port, "0.0.0.1", userid, host).serialize()
+from txsocksgss.wire.socks4 import SOCKS4Command, SOCKS4ReplyCode
 
 
 @implementer(IIdentChecker)
@@ -59,7 +49,7 @@ class FixedIdent:
 class SOCKS4UnitTests(SynchronousTestCase):
     def test_refused_with_91_unless_enabled(self):
         harness = ServerHarness()
-        harness.send(request())
+        harness.send(socks4_request())
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
         self.assertTrue(harness.transport.disconnecting)
         self.assertEqual(harness.reactor.tcpClients, [])
@@ -67,7 +57,7 @@ class SOCKS4UnitTests(SynchronousTestCase):
 
     def test_connect_granted_with_bound_address(self):
         harness = socks4_harness()
-        harness.send(request())
+        harness.send(socks4_request())
         self.assertEqual(harness.reactor.tcpClients[0][:2], ("192.0.2.1", 80))
         harness.complete_connect()
         self.assertEqual(harness.take(), b"\x00\x5a\x15\xb3\xc0\x00\x02\x07")  # 192.0.2.7:5555
@@ -76,42 +66,42 @@ class SOCKS4UnitTests(SynchronousTestCase):
 
     def test_socks4a_name_resolved_by_the_server(self):
         harness = socks4_harness(names={"example.test": ["192.0.2.9"]})
-        harness.send(request("example.test"))
+        harness.send(socks4_request("example.test"))
         self.assertEqual(harness.reactor.tcpClients[0][:2], ("192.0.2.9", 80))
 
     def test_failures_are_91(self):
         harness = socks4_harness()
-        harness.send(request())
+        harness.send(socks4_request())
         harness.fail_connect(ierror.ConnectionRefusedError())
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
         self.assertTrue(harness.transport.disconnecting)
 
     def test_unresolvable_name_is_91(self):
         harness = socks4_harness()
-        harness.send(request("nowhere.test"))
+        harness.send(socks4_request("nowhere.test"))
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
 
     def test_rules_can_forbid_socks4(self):
         policy = rules_from_table({"rule": [{"action": "deny", "versions": [4]}], "default": "allow"})
         harness = socks4_harness(policy=policy)
-        harness.send(request())
+        harness.send(socks4_request())
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
         self.assertEqual(harness.reactor.tcpClients, [])
 
     def test_rules_see_the_userid_as_user(self):
         policy = rules_from_table({"rule": [{"action": "allow", "users": ["alice"]}]})
         harness = socks4_harness(policy=policy)
-        harness.send(request(userid=b"mallory"))
+        harness.send(socks4_request(userid=b"mallory"))
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
         harness = socks4_harness(policy=policy)
-        harness.send(request(userid=b"alice"))
+        harness.send(socks4_request(userid=b"alice"))
         self.assertEqual(len(harness.reactor.tcpClients), 1)
 
     def test_ident_refusals_send_their_codes(self):
         for code in (SOCKS4ReplyCode.IDENT_UNREACHABLE, SOCKS4ReplyCode.IDENT_MISMATCH):
             harness = socks4_harness()
             harness.context.ident = FixedIdent(IdentOutcome(user=None, refusal=code, reason="test"))
-            harness.send(request())
+            harness.send(socks4_request())
             self.assertEqual(harness.take()[:2], bytes([0, code]))
             self.assertTrue(harness.transport.disconnecting)
 
@@ -119,13 +109,13 @@ class SOCKS4UnitTests(SynchronousTestCase):
         harness = socks4_harness()
         checker = FixedIdent(IdentOutcome(user="alice-from-identd", ident_answer="alice-from-identd"))
         harness.context.ident = checker
-        harness.send(request(userid=b"alice"))
+        harness.send(socks4_request(userid=b"alice"))
         self.assertEqual(checker.asked, [(("127.0.0.1", 40000), ("127.0.0.1", 1080), "alice")])
         self.assertEqual(harness.protocol.identity.user, "alice-from-identd")
 
     def test_bind(self):
         harness = socks4_harness()
-        harness.send(request(command=SOCKS4Command.BIND))
+        harness.send(socks4_request(command=SOCKS4Command.BIND))
         harness.reactor.advance(0)  # BIND listens on the next reactor turn
         [(port, _factory, _backlog, interface)] = harness.reactor.tcpServers
         self.assertEqual(interface, "127.0.0.1")
@@ -144,7 +134,7 @@ class SOCKS4UnitTests(SynchronousTestCase):
         self.assertEqual(harness.take()[:2], b"\x00\x5b")
 
     def test_cut_at_every_byte_then_close(self):
-        whole = request("example.test")
+        whole = socks4_request("example.test")
         for cut in range(1, len(whole)):
             harness = socks4_harness()
             harness.send(whole[:cut])
@@ -161,51 +151,18 @@ class SOCKS4UnitTests(SynchronousTestCase):
         self.assertIn(out[:2], (b"", b"\x00\x5b"))
 
 
-class IdentdProcess(ProcessProtocol):
-    def __init__(self):
-        self.ready: Deferred[int] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-        self.output = b""
-
-    def outReceived(self, data):
-        self.output += data
-        if not self.ready.called and b"ready " in self.output:
-            self.ready.callback(int(self.output.split(b"ready ")[1].split()[0]))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        if not self.ready.called:
-            self.ready.errback(AssertionError(self.output.decode()))
-        self.ended.callback(None)
-
-
 class SilentServer(Protocol):
     """Accepts and never answers (an identd that hangs)."""
 
 
 class IdentIntegrationTests(IntegrationTestCase):
-    @inlineCallbacks
-    def startIdentd(self):
-        process = IdentdProcess()
-        transport = reactor.spawnProcess(process, sys.executable, [sys.executable, "-m", "tests.identd"],
-                                         env=dict(os.environ), path=os.path.dirname(os.path.dirname(__file__)))
-
-        def stop():
-            transport.signalProcess("TERM")
-            return process.ended
-
-        self.addCleanup(stop)
-        port = yield process.ready
-        return port
-
     def connect(self, socks_port, web_port, userid):
         proxy = TCP4ClientEndpoint(reactor, "127.0.0.1", socks_port)
         return SOCKS4ClientEndpoint(proxy, "127.0.0.1", web_port, userid).connect(Factory.forProtocol(Fetcher))
 
     @inlineCallbacks
     def test_matching_ident_is_granted(self):
-        ident_port = yield self.startIdentd()
+        ident_port = yield startIdentd(self)
         web_port, _ = self.byteServer(b"identified")
         socks_port, _ = self.startSOCKS(methods=["none", "socks4"], ident="require", ident_port=ident_port)
         me = pwd.getpwuid(os.getuid()).pw_name
@@ -215,14 +172,14 @@ class IdentIntegrationTests(IntegrationTestCase):
 
     @inlineCallbacks
     def test_mismatching_ident_is_93(self):
-        ident_port = yield self.startIdentd()
+        ident_port = yield startIdentd(self)
         socks_port, _ = self.startSOCKS(methods=["none", "socks4"], ident="require", ident_port=ident_port)
         error = yield self.assertFailure(self.connect(socks_port, 9, "mallory"), SOCKS4IdentMismatch)
         self.assertEqual(error.code, 93)
 
     @inlineCallbacks
     def test_log_mode_lets_a_mismatch_through(self):
-        ident_port = yield self.startIdentd()
+        ident_port = yield startIdentd(self)
         web_port, _ = self.byteServer(b"logged")
         logs = self.captureLogs()
         socks_port, _ = self.startSOCKS(methods=["none", "socks4"], ident="log", ident_port=ident_port)
@@ -233,11 +190,7 @@ class IdentIntegrationTests(IntegrationTestCase):
 
     @inlineCallbacks
     def test_no_identd_is_92(self):
-        import socket
-
-        with socket.socket() as probe:  # a port nothing listens on
-            probe.bind(("127.0.0.1", 0))
-            closed = probe.getsockname()[1]
+        closed = free_port()  # a port nothing listens on
         socks_port, _ = self.startSOCKS(methods=["none", "socks4"], ident="require", ident_port=closed)
         error = yield self.assertFailure(self.connect(socks_port, 9, "root"), SOCKS4IdentUnreachable)
         self.assertEqual(error.code, 92)
@@ -262,7 +215,6 @@ class OwnClientTests(IntegrationTestCase):
     def test_socks4a_and_bind_with_our_client(self):
         from twisted.internet.endpoints import connectProtocol
 
-        from tests.support import StreamCollector
         from txsocksgss.client.bind import bindThroughProxy
 
         web_port, _ = self.byteServer(b"by name")
@@ -272,11 +224,7 @@ class OwnClientTests(IntegrationTestCase):
         data = yield protocol.done
         self.assertTrue(data.endswith(b"by name"))
 
-        class Echo(Protocol):
-            def dataReceived(self, data):
-                self.transport.write(data)
-
-        pending = yield bindThroughProxy(SOCKS4ClientEndpoint(proxy, "127.0.0.1", 0, "bob"), Factory.forProtocol(Echo))
+        pending = yield bindThroughProxy(SOCKS4ClientEndpoint(proxy, "127.0.0.1", 0, "bob"), EchoFactory())
         peer = StreamCollector()
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", pending.address.port), peer)
         connection = yield pending.accepted

@@ -17,7 +17,9 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from tests.support import IntegrationTestCase, ScriptedClient, self_signed_certificate
+from tests.helpers.certificates import self_signed_certificate
+from tests.helpers.clients import ScriptedClient
+from tests.helpers.integration import IntegrationTestCase
 from txsocksgss.server.relay import Relay
 from txsocksgss.server.splice import COPY_LIMIT, SpliceRelay
 from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request

@@ -5,7 +5,6 @@ connections spread over them, and stopping the master stops them all.
 
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
@@ -15,9 +14,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.client.test_against_own_server import Fetcher
-from tests.support import IntegrationTestCase
-from tests.test_twistd import TWISTD, TwistdProcess, free_port
+from tests.helpers.clients import Fetcher
+from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.ports import free_port
+from tests.helpers.processes import LISTENING, spawnTwistd
 from txsocksgss.client.endpoints import SOCKS5ClientEndpoint
 from txsocksgss.errors import ConfigError
 from txsocksgss.server.config import Config
@@ -32,39 +32,16 @@ class WorkerConfigTests(SynchronousTestCase):
         Config.build(listen=["tcp:1080:interface=127.0.0.1"], workers=2)
 
 
-class _Watched(TwistdProcess):
-    """Also fires ``workerReady`` when worker 1 says it listens."""
-
-    def __init__(self):
-        super().__init__()
-        from twisted.internet.defer import Deferred
-
-        self.workerReady = Deferred()
-
-    def outReceived(self, data):
-        super().outReceived(data)
-        if not self.workerReady.called and b"worker 1: " in self.output and \
-                self.output.count(b"txsocksgss listening on") >= 2:
-            self.workerReady.callback(None)
-
-    errReceived = outReceived
-
-
 class WorkerProcessTests(IntegrationTestCase):
     @pytest.mark.interop
     @inlineCallbacks
     def test_two_processes_share_the_port_and_stop_together(self):
         port = free_port()
-        process = _Watched()
-        transport = reactor.spawnProcess(
-            process, TWISTD,
-            [TWISTD, "-n", "--pidfile=", "--logfile=-", "socksgss", "--listen", f"tcp:{port}:interface=127.0.0.1",
-             "--workers", "2"],
-            env=dict(os.environ),
-        )
-        self.addCleanup(lambda: None if process.ended.called else (transport.signalProcess("KILL"), process.ended)[1])
-        yield process.ready
-        yield process.workerReady
+        process = spawnTwistd(self, "--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2")
+        yield process.waitFor(LISTENING)
+        # Worker 1 is ready once it, too, says it listens.
+        yield process.waitFor(LISTENING, count=2)
+        yield process.waitFor(b"worker 1: ")
         web_port, _ = self.byteServer(b"served")
         proxy = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         served = 0
@@ -83,7 +60,7 @@ class WorkerProcessTests(IntegrationTestCase):
         self.assertTrue(worker_sessions, process.output.decode())
         self.assertTrue(master_sessions, process.output.decode())
         self.assertEqual(served % 10, 0)
-        transport.signalProcess(signal.SIGTERM)
+        process.transport.signalProcess(signal.SIGTERM)
         yield process.ended
         self.assertIn(b"worker 1 ended", process.output)
         self.assertNotIn(b"Traceback", process.output)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.wire._support import (
+from tests.helpers.codecs import (
     assert_codec,
     assert_parses_exactly,
     assert_stream,

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.wire._support import addresses
+from tests.helpers.codecs import addresses
 from txsocksgss.errors import (
     InvalidField,
     ProtocolError,

@@ -2,8 +2,9 @@
 Helpers for the soak, hostile-input and HAProxy tests: resource accounting
 of this process (open file descriptors, resident memory, the descriptor
 limit), seeded payload pumps with flow control, a rendezvous between the
-two ends of a tunnel, a resolver that never leaves the machine, and a
-bounded wait for a condition the reactor brings about.
+two ends of a tunnel, and a bounded wait for a condition the reactor brings
+about.  (The hostile client is `tests.helpers.clients.HostileClient`, the
+resolver that never leaves the machine `tests.helpers.fakes.FakeResolver`.)
 
 Nothing here sleeps: every wait is a Deferred that a network event fires,
 or a condition re-checked on later reactor turns with a deadline.
@@ -19,17 +20,14 @@ import resource
 from typing import Any, Callable
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHostnameResolver, IPullProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 __all__ = [
     "CHUNK",
-    "HostileClient",
-    "LocalResolver",
     "Pump",
     "Rendezvous",
     "SOCKSPump",
@@ -284,87 +282,3 @@ class SOCKSPump(Pump):
         if not self.replied.called:
             self.replied.errback(AssertionError(f"closed before the reply: {reason!r}"))
         super().connectionLost(reason)
-
-
-@implementer(IHostnameResolver)
-class LocalResolver:
-    """A resolver that answers from a dict and never asks the network; unknown names do not resolve."""
-
-    def __init__(self, names: dict[str, list[str]] | None = None) -> None:
-        self.names = names or {}
-        self.asked = 0
-
-    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0,
-                        addressTypes: Any = None, transportSemantics: str = "TCP") -> Any:
-        self.asked += 1
-        receiver.resolutionBegan(None)
-        for address in self.names.get(hostName, []):
-            kind = IPv6Address if ":" in address else IPv4Address
-            receiver.addressResolved(kind("TCP", address, portNumber))
-        receiver.resolutionComplete()
-        return None
-
-
-@implementer(IHalfCloseableProtocol)
-class HostileClient(Protocol):
-    """Sends what it is told; ``until(predicate)`` waits on what the server has sent."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.lost: Deferred[None] = Deferred()
-        self.ended = False
-        self._waiters: list[tuple[Callable[[bytes], bool], Deferred[bool]]] = []
-
-    def until(self, predicate: Callable[[bytes], bool]) -> Deferred[bool]:
-        """Fires True once ``predicate(received)`` holds, False if the server ends the stream first."""
-        d: Deferred[bool] = Deferred()
-        if predicate(self.received):
-            d.callback(True)
-        elif self.ended:
-            d.callback(False)
-        else:
-            self._waiters.append((predicate, d))
-        return d
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        waiting, self._waiters = self._waiters, []
-        for predicate, d in waiting:
-            if predicate(self.received):
-                d.callback(True)
-            else:
-                self._waiters.append((predicate, d))
-
-    def _end(self) -> None:
-        self.ended = True
-        waiting, self._waiters = self._waiters, []
-        for _predicate, d in waiting:
-            d.callback(False)
-
-    def readConnectionLost(self) -> None:
-        self._end()
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self._end()
-        self.lost.callback(None)
-
-    def send(self, data: bytes) -> None:
-        """Put ``data`` on the socket now (one segment each call), in order with anything buffered."""
-        transport = self.transport
-        if self.ended or not transport.connected or transport.disconnecting:
-            return
-        if transport.dataBuffer or transport._tempDataLen:
-            transport.write(data)
-            return
-        try:
-            sent = transport.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return  # the server has already reset the connection; connectionLost follows
-        if sent < len(data):
-            transport.write(data[sent:])

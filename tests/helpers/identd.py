@@ -4,18 +4,24 @@ query with the owner of the TCP connection, read from the kernel's
 /proc/net/tcp, as identd does.  (Twisted's own IdentServer cannot be used:
 on Python 3 it splits a bytes line with a str separator and drops every
 query.)  Listens on 127.0.0.1 and a free port and prints ``ready PORT``.
-Run: ``python -m tests.identd``.
+Run: ``python -m tests.helpers.identd``; tests start it with `startIdentd`.
 """
 
 from __future__ import annotations
 
+import os
 import pwd
 import socket
 import struct
 import sys
+from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from tests.helpers.processes import spawnWatched
 
 from txsocksgss.errors import ProtocolError
 from txsocksgss.wire.ident import IdentError, IdentErrorType, IdentUserId, parse_ident_query
@@ -60,6 +66,17 @@ class Identd(Protocol):
             answer = IdentUserId(query.server_port, query.client_port, "UNIX", None, owner)
         self.transport.write(answer.serialize())
         self.transport.loseConnection()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@inlineCallbacks
+def startIdentd(test: TestCase) -> Any:
+    """Start this identd in its own process, stopped (SIGTERM) at the end of ``test``; fires with its port."""
+    process = spawnWatched(test, "identd", sys.executable, ["-m", "tests.helpers.identd"], path=ROOT, stop_grace=10.0)
+    yield process.waitFor(b"ready ")
+    return int(process.output.split(b"ready ")[1].split()[0])
 
 
 def main() -> None:
