@@ -3,6 +3,10 @@
 #
 #   make run  [ARGS='--port 1081 ...']   start the proxy in the foreground
 #   make test [PYTEST_ARGS='-k socks5']   run the whole test suite
+#   make test-trial                       run the pure unit tests (codecs, auth
+#                                         conversations: TRIAL_MODULES) under
+#                                         Twisted's own runner, trial, to keep
+#                                         them runnable without pytest
 #   make docs                             build the HTML documentation
 #   make bench [PROXY_ARGS='--workers 2'] [BENCH_ARGS='--bulk-mb 100']
 #                                         benchmark against Dante and microsocks
@@ -13,8 +17,9 @@ ARGS ?=
 PYTEST_ARGS ?=
 PROXY_ARGS ?=
 BENCH_ARGS ?=
+TRIAL_MODULES := tests.wire tests.auth.test_maf tests.auth.test_gssapi_conversation tests.auth.test_passwordfile
 
-.PHONY: run test docs bench bench-smoke
+.PHONY: run test test-trial docs bench bench-smoke
 
 run:
 	@bash scripts/bootstrap.sh run
@@ -23,6 +28,11 @@ run:
 test:
 	@bash scripts/bootstrap.sh test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# trial writes its _trial_temp/ in the working directory (ignored by git).
+test-trial:
+	@bash scripts/bootstrap.sh test
+	$(VENV)/bin/trial $(TRIAL_MODULES)
 
 docs:
 	@bash scripts/bootstrap.sh test
