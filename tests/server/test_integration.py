@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from tests.helpers.clients import StreamCollector
 from tests.helpers.integration import IntegrationTestCase
+from tests.helpers.ports import free_port
 from tests.helpers.servers import EchoUDP
 from txsocksgss.server.rules import rules_from_table
 from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request
@@ -62,10 +63,7 @@ class ConnectTests(IntegrationTestCase):
 
     @inlineCallbacks
     def test_refused_destination_gets_05(self):
-        closed = socket.socket()
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-        closed.close()
+        port = free_port()
         socks_port, _factory = self.startSOCKS()
         client = yield self.connectScripted(socks_port, Request(Command.CONNECT, Address.of("127.0.0.1", port)))
         reply = yield client.reply(0)
