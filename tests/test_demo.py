@@ -1,5 +1,5 @@
 """
-``socksgss demo`` (txsocksgss.demo): the pieces without a KDC (what is
+``socksgss demo`` (txsocksgss.cli.demo): the pieces without a KDC (what is
 missing, the printed commands, the live session lines), then the whole demo
 as a child process with a real MIT KDC: every printed command is run with
 bash exactly as printed and must succeed, the live lines must show what was
@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import require_program, run_program
-from txsocksgss import cli, demo
+from txsocksgss import cli
+from txsocksgss.cli import demo
 
 COMMANDS_START = "Paste these commands into another shell:"
 COMMANDS_END = "Sessions as the proxy sees them"

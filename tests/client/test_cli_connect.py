@@ -1,5 +1,5 @@
 """
-``socksgss connect`` (txsocksgss.client.cli): proxy URL parsing, option
+``socksgss connect`` (txsocksgss.cli.connect): proxy URL parsing, option
 validation and method defaults, endpoint construction, error messages and
 exit statuses, the stdio bridge's half-close logic with fakes, and the
 program end to end, spawned as a child process against our own server on
@@ -34,8 +34,8 @@ from txsocksgss import cli
 from txsocksgss.auth.none import NoAuthClientFactory
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
-from txsocksgss.client import cli as connect
-from txsocksgss.client.cli import (
+from txsocksgss.cli import connect
+from txsocksgss.cli.connect import (
     EXIT_AUTHENTICATION,
     EXIT_FAILURE,
     EXIT_OK,

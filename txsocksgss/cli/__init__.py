@@ -23,8 +23,8 @@ from txsocksgss.auth.passwordfile import (
     delete_user,
     set_password,
 )
-from txsocksgss.client.cli import add_connect_parser
-from txsocksgss.demo import add_demo_parser
+from txsocksgss.cli.connect import add_connect_parser
+from txsocksgss.cli.demo import add_demo_parser
 from txsocksgss.errors import ConfigError
 
 __all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
@@ -172,6 +172,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     return run(args)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
