@@ -171,4 +171,3 @@ def build_authenticators(
             raise UsageError(f"unknown method {name!r}; choose from {', '.join(CLIENT_METHODS)}")
         factories.append(builder(credentials, gssapi, maf_submethods))
     return factories
-

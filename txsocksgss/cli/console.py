@@ -1,16 +1,18 @@
 """
 What the ``socksgss`` subcommands share at the terminal: the program's
 name, the one-line error message (``socksgss COMMAND: error: ...``) on
-standard error, the bytes a command-line string stands for, and the
-standard-error console of a run that logs with ``-v``.
+standard error, the bytes a command-line string stands for, and the two
+consoles of a run that lasts: `StderrConsole` (``socksgss connect``,
+details with ``-v``) and `StdioConsole` (``socksgss demo``, standard
+output too, silent on a closed pipe).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, TextIO
 
-__all__ = ["PROGRAM", "error_line", "report_error", "text_bytes", "StderrConsole"]
+__all__ = ["PROGRAM", "error_line", "report_error", "text_bytes", "StderrConsole", "StdioConsole"]
 
 #: The console script's name, the first word of every message.
 PROGRAM = "socksgss"
@@ -64,3 +66,41 @@ class StderrConsole:
         """A detail of the handshake: written with ``-v`` only."""
         if self.verbose:
             self._write(f"{PROGRAM}: {message}")
+
+
+class StdioConsole:
+    """
+    Standard output for a run's results (``socksgss demo``: the
+    instructions and the session lines), standard error for the rest.  A
+    line gets its newline when it has none; a closed pipe makes that
+    stream silent rather than failing the run.
+
+    :param command: the subcommand, named in `error` lines.
+    :param out: where `out` writes (default: ``sys.stdout`` at each write).
+    :param err: where `err` and `error` write (default: ``sys.stderr``).
+    """
+
+    def __init__(self, command: str, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self._command = command
+        self._out = out
+        self._err = err
+
+    @staticmethod
+    def _put(stream: TextIO, text: str) -> None:
+        try:
+            stream.write(text if text.endswith("\n") else text + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say there
+            pass
+
+    def out(self, text: str) -> None:
+        """Text for standard output."""
+        self._put(self._out or sys.stdout, text)
+
+    def err(self, text: str) -> None:
+        """Text for standard error, as it is."""
+        self._put(self._err or sys.stderr, text)
+
+    def error(self, message: str) -> None:
+        """An `error_line` of the subcommand on standard error."""
+        self.err(error_line(self._command, message))

@@ -103,4 +103,3 @@ def build_endpoint(
         return SOCKS4ClientEndpoint(to_proxy, host, port, userid, timeout=timeout, clock=reactor)
     except (ProtocolError, ValueError) as error:
         raise UsageError(f"cannot ask the proxy for {host} port {port}: {error}") from None
-

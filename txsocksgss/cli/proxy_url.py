@@ -162,4 +162,3 @@ def parse_proxy_url(text: str) -> ProxyURL:
         password = _percent_decode(raw_password) if colon else None
     host, port = _split_host_port(hostport)
     return ProxyURL(scheme, host, port, user, password, _SCHEMES[scheme][1])
-

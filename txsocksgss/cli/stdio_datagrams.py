@@ -137,4 +137,3 @@ class _LineSide(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.lines.stdioLost(reason if reason is not None else Failure(ConnectionDone()))
-

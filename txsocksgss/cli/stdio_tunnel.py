@@ -169,4 +169,3 @@ class _StdioSide(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.bridge.stdioLost(reason if reason is not None else Failure(ConnectionDone()))
-
