@@ -1,7 +1,8 @@
-"""Tests for the socksgss console script (txsocksgss.cli)."""
+"""Tests for the socksgss console script (txsocksgss.cli) and socksgss passwd (txsocksgss.cli.passwd)."""
 
 from __future__ import annotations
 
+import getpass
 import io
 import os
 import shutil
@@ -84,7 +85,7 @@ class PasswdTests(SynchronousTestCase):
             prompts.append(prompt)
             return next(answers)
 
-        self.patch(cli.getpass, "getpass", fake_getpass)
+        self.patch(getpass, "getpass", fake_getpass)
         self.assertEqual(cli.main(["passwd", self.file, "alice"]), 0)
         self.assertEqual(len(prompts), 2)
         self.assertTrue(verify_password(read_password_file(self.file)["alice"], b"typed"))
@@ -92,7 +93,7 @@ class PasswdTests(SynchronousTestCase):
     def test_tty_mismatch_is_refused(self) -> None:
         self.patch(sys, "stdin", FakeTTY())
         answers = iter(["one", "two"])
-        self.patch(cli.getpass, "getpass", lambda prompt="": next(answers))
+        self.patch(getpass, "getpass", lambda prompt="": next(answers))
         self.assertEqual(cli.main(["passwd", self.file, "alice"]), 2)
         self.assertIn("differ", self.stderr.getvalue())
         self.assertFalse(os.path.exists(self.file))

@@ -1,6 +1,6 @@
 """
-``socksgss demo`` (txsocksgss.demo): the pieces without a KDC (what is
-missing, the printed commands, the live session lines), then the whole demo
+``socksgss demo`` (txsocksgss.cli.demo and its modules): the pieces without
+a KDC (what is missing, the printed commands, the live session lines), then the whole demo
 as a child process with a real MIT KDC: every printed command is run with
 bash exactly as printed and must succeed, the live lines must show what was
 negotiated, and SIGINT must end it with status 0 and no realm left behind.
@@ -27,7 +27,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import require_program, run_program
-from txsocksgss import cli, demo
+from txsocksgss import cli
+from txsocksgss.cli import demo
+from txsocksgss.cli.console import StdioConsole
+from txsocksgss.cli.demo_instructions import Instructions, format_instructions, socksgss_command
+from txsocksgss.cli.demo_page import PAGE_GREETING
+from txsocksgss.cli.demo_realm import DemoRealm
+from txsocksgss.cli.demo_sessions import SessionReporter
+from txsocksgss.cli.kerberos_programs import KERBEROS_PROGRAMS, find_kerberos_programs
+from txsocksgss.cli.status import EXIT_USAGE
 
 COMMANDS_START = "Paste these commands into another shell:"
 COMMANDS_END = "Sessions as the proxy sees them"
@@ -46,7 +54,7 @@ def free_port() -> int:
     return port
 
 
-def fake_programs(directory: str, names: Any = demo.KERBEROS_PROGRAMS) -> None:
+def fake_programs(directory: str, names: Any = KERBEROS_PROGRAMS) -> None:
     for name in names:
         path = os.path.join(directory, name)
         with open(path, "w") as f:
@@ -54,11 +62,11 @@ def fake_programs(directory: str, names: Any = demo.KERBEROS_PROGRAMS) -> None:
         os.chmod(path, 0o755)
 
 
-class Capture(demo._Console):
+class Capture(StdioConsole):
     def __init__(self) -> None:
         self.stdout = io.StringIO()
         self.stderr = io.StringIO()
-        super().__init__(self.stdout, self.stderr)
+        super().__init__("demo", self.stdout, self.stderr)
 
 
 def finished(coroutine: Any) -> Any:
@@ -81,13 +89,13 @@ class RequirementTests(SynchronousTestCase):
 
     def test_finds_every_program_on_the_path(self) -> None:
         fake_programs(self.directory)
-        found, missing = demo.find_kerberos_programs(self.directory)
+        found, missing = find_kerberos_programs(self.directory)
         self.assertEqual(missing, [])
         self.assertEqual(found["kadmin.local"], os.path.join(self.directory, "kadmin.local"))
 
     def test_reports_the_missing_programs_in_order(self) -> None:
         fake_programs(self.directory, ["kdb5_util"])
-        found, missing = demo.find_kerberos_programs(self.directory)
+        found, missing = find_kerberos_programs(self.directory)
         self.assertEqual(list(found), ["kdb5_util"])
         self.assertEqual(missing, ["krb5kdc", "kadmin.local", "kinit"])
 
@@ -95,7 +103,7 @@ class RequirementTests(SynchronousTestCase):
         console = Capture()
         status = finished(demo.run_demo(object(), port=free_port(), console=console,
                                         search_path=self.directory))
-        self.assertEqual(status, demo.EXIT_USAGE)
+        self.assertEqual(status, EXIT_USAGE)
         message = console.stderr.getvalue()
         self.assertIn("krb5kdc (krb5-kdc)", message)
         self.assertIn("kinit (krb5-user)", message)
@@ -110,7 +118,7 @@ class RequirementTests(SynchronousTestCase):
             port = busy.getsockname()[1]
             console = Capture()
             status = finished(demo.run_demo(object(), port=port, console=console, search_path=self.directory))
-        self.assertEqual(status, demo.EXIT_USAGE)
+        self.assertEqual(status, EXIT_USAGE)
         self.assertIn(f"cannot listen on 127.0.0.1:{port}", console.stderr.getvalue())
         self.assertIn("--port", console.stderr.getvalue())
 
@@ -134,29 +142,29 @@ class SocksgssCommandTests(SynchronousTestCase):
 
     def test_bare_name_when_path_finds_the_interpreters_script(self) -> None:
         script = os.path.join(self.bin, "socksgss")
-        self.assertEqual(demo.socksgss_command(self.python, lambda name: script), "socksgss")
+        self.assertEqual(socksgss_command(self.python, lambda name: script), "socksgss")
 
     def test_absolute_path_when_path_finds_none(self) -> None:
-        self.assertEqual(demo.socksgss_command(self.python, lambda name: None),
+        self.assertEqual(socksgss_command(self.python, lambda name: None),
                          os.path.join(self.bin, "socksgss"))
 
     def test_absolute_path_when_path_finds_another_one(self) -> None:
         other = tempfile.mkdtemp(prefix="txsocksgss-test-")
         self.addCleanup(shutil.rmtree, other)
         fake_programs(other, ["socksgss"])
-        self.assertEqual(demo.socksgss_command(self.python, lambda name: os.path.join(other, "socksgss")),
+        self.assertEqual(socksgss_command(self.python, lambda name: os.path.join(other, "socksgss")),
                          os.path.join(self.bin, "socksgss"))
 
     def test_module_when_the_interpreter_has_no_script(self) -> None:
         os.remove(os.path.join(self.bin, "socksgss"))
-        self.assertEqual(demo.socksgss_command(self.python, lambda name: None),
+        self.assertEqual(socksgss_command(self.python, lambda name: None),
                          f"{self.python} -m txsocksgss.cli")
 
 
 class InstructionTests(SynchronousTestCase):
     def setUp(self) -> None:
-        realm = demo.DemoRealm("/tmp/socksgss-demo-x", 41234, "Secret123")
-        self.text = demo.format_instructions(demo.Instructions(realm, 1081, 8080, "/venv/bin/socksgss"))
+        realm = DemoRealm("/tmp/socksgss-demo-x", 41234, "Secret123")
+        self.text = format_instructions(Instructions(realm, 1081, 8080, "/venv/bin/socksgss"))
 
     def test_commands_block_is_the_export_and_four_commands(self) -> None:
         self.assertEqual(printed_commands(self.text), [
@@ -175,7 +183,7 @@ class InstructionTests(SynchronousTestCase):
             self.assertIn(text, self.text)
 
     def test_realm_configuration_stays_on_loopback_without_dns(self) -> None:
-        realm = demo.DemoRealm("/d", 41234, "pw")
+        realm = DemoRealm("/d", 41234, "pw")
         krb5 = realm.krb5_conf_text()
         for setting in ("rdns = false", "dns_canonicalize_hostname = false", "ignore_acceptor_hostname = true",
                         "dns_lookup_kdc = false", "kdc = 127.0.0.1:41234", "default_realm = SOCKSGSS.TEST"):
@@ -205,7 +213,7 @@ class SessionReporterTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.lines: list[str] = []
         self.errors: list[str] = []
-        self.reporter = demo.SessionReporter(self.lines.append, self.errors.append)
+        self.reporter = SessionReporter(self.lines.append, self.errors.append)
 
     def test_gssapi_session_shows_principal_mechanism_and_level(self) -> None:
         self.reporter(gssapi_login("demo@SOCKSGSS.TEST"))
@@ -252,7 +260,7 @@ class SessionReporterTests(SynchronousTestCase):
         self.assertEqual(self.lines, [])
 
     def test_verbose_shows_every_event(self) -> None:
-        reporter = demo.SessionReporter(self.lines.append, self.errors.append, verbose=True)
+        reporter = SessionReporter(self.lines.append, self.errors.append, verbose=True)
         reporter({"log_namespace": "x", "log_level": LogLevel.info, "log_format": "chatter"})
         self.assertEqual(self.errors, ["[x] chatter"])
 
@@ -352,7 +360,7 @@ class DemoEndToEndTests(TestCase):
             if command == "klist":
                 self.assertIn(b"demo@SOCKSGSS.TEST", out)
             elif not command.startswith("export "):
-                self.assertIn(demo.PAGE_GREETING.encode(), out, f"{command}\n{err!r}")
+                self.assertIn(PAGE_GREETING.encode(), out, f"{command}\n{err!r}")
 
         output = yield process.waitFor("session 3:")
         sessions = [line for line in output.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\] session ", line)]

@@ -1,5 +1,7 @@
 """
-``socksgss connect`` (txsocksgss.client.cli): proxy URL parsing, option
+``socksgss connect`` (txsocksgss.cli.connect and the modules it uses:
+proxy_url, client_methods, connect_options, destination, failure_messages,
+stdio_tunnel, stdio_datagrams): proxy URL parsing, option
 validation and method defaults, endpoint construction, error messages and
 exit statuses, the stdio bridge's half-close logic with fakes, and the
 program end to end, spawned as a child process against our own server on
@@ -34,28 +36,16 @@ from txsocksgss import cli
 from txsocksgss.auth.none import NoAuthClientFactory
 from txsocksgss.auth.passwordfile import set_password
 from txsocksgss.auth.userpass import UserPassClientFactory
-from txsocksgss.client import cli as connect
-from txsocksgss.client.cli import (
-    EXIT_AUTHENTICATION,
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_USAGE,
-    ConnectOptions,
-    Credentials,
-    DestinationLookupError,
-    Mode,
-    ProxyURL,
-    ProxyURLError,
-    UsageError,
-    build_authenticators,
-    build_endpoint,
-    default_methods,
-    describe_error,
-    options_from_args,
-    parse_proxy_url,
-    parse_proxy_user,
-    resolve_destination,
-)
+from txsocksgss.cli import connect, stdio_datagrams
+from txsocksgss.cli.client_methods import Credentials, build_authenticators, default_methods, parse_proxy_user
+from txsocksgss.cli.connect_options import ConnectOptions, Mode, options_from_args
+from txsocksgss.cli.console import StderrConsole
+from txsocksgss.cli.destination import DestinationLookupError, build_endpoint, resolve_destination
+from txsocksgss.cli.failure_messages import describe_error
+from txsocksgss.cli.proxy_url import ProxyURL, ProxyURLError, parse_proxy_url
+from txsocksgss.cli.status import EXIT_AUTHENTICATION, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from txsocksgss.cli.stdio_datagrams import DatagramLines
+from txsocksgss.cli.stdio_tunnel import StdioBridge
 from txsocksgss.client.endpoints import SOCKS4ClientEndpoint, SOCKS5ClientEndpoint
 from txsocksgss.errors import (
     ClientAuthenticationFailed,
@@ -407,7 +397,7 @@ class BridgeTests(TestCase):
             self.stdio_protocol = protocol
             return self.stdio
 
-        self.bridge = connect._StdioBridge(open_stdio, connect._Console(False, self.stderr))
+        self.bridge = StdioBridge(open_stdio, StderrConsole(False, self.stderr))
         self.tunnel = FakeTransport()
         self.tunnel_protocol = self.bridge.factory().buildProtocol(None)
         self.tunnel_protocol.makeConnection(self.tunnel)
@@ -453,7 +443,7 @@ class UnusableStdioTests(TestCase):
         def open_stdio(protocol: Protocol) -> Any:
             raise OSError(22, "Invalid argument")
 
-        bridge = connect._StdioBridge(open_stdio, connect._Console(False, stderr))
+        bridge = StdioBridge(open_stdio, StderrConsole(False, stderr))
         tunnel = FakeTransport()
         protocol = bridge.factory().buildProtocol(None)
         protocol.makeConnection(tunnel)
@@ -484,7 +474,7 @@ class DatagramLinesTests(TestCase):
         self.stderr = io.StringIO()
         self.stdio = FakeTransport()
         self.association = FakeAssociation()
-        self.lines = connect._DatagramLines(("192.0.2.1", 53), connect._Console(False, self.stderr))
+        self.lines = DatagramLines(("192.0.2.1", 53), StderrConsole(False, self.stderr))
         self.stdio_protocol: Any = None
 
         def open_stdio(protocol: Protocol) -> FakeTransport:
@@ -513,7 +503,7 @@ class DatagramLinesTests(TestCase):
         self.assertIn("datagram of 26 bytes not sent", self.stderr.getvalue())
 
     def test_a_line_too_long_for_udp_is_dropped_whole(self) -> None:
-        self.patch(connect, "_MAX_LINE", 8)
+        self.patch(stdio_datagrams, "MAX_LINE", 8)
         self.stdio_protocol.dataReceived(b"123456789")
         self.stdio_protocol.dataReceived(b"abc\nok\n")
         self.stdio_protocol.dataReceived(b"0123456789")
