@@ -10,6 +10,8 @@ which must answer TokenRejected and nothing else.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -84,6 +86,12 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_the_error_is_a_protocol_error(self):
         self.assertTrue(issubclass(TokenRejected, ProtocolError))
+
+    def test_the_codec_needs_neither_gssapi_nor_twisted(self):
+        probe = ("import sys, txsocksgss.wire.rfc4121; "
+                 "print(sorted({m.split('.')[0] for m in sys.modules} & {'gssapi', 'twisted'}))")
+        output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        self.assertEqual(output.strip(), "[]")
 
 
 class FlagTests(SynchronousTestCase):
