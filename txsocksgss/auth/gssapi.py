@@ -45,8 +45,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity, SessionInfo
-from txsocksgss.auth.gssapi_wrap import WRAP_ENGINES, GSSAPIStreamProtection, gss_text
-from txsocksgss.auth.kerberos_wrap import KRB5_OID, wrap_token_sequence
+from txsocksgss.auth.gssapi_wrap import UNCOUNTED, WRAP_ENGINES, GSSAPIStreamProtection, PeerSequence, gss_text
+from txsocksgss.auth.krb5_lucid import KRB5_OID
 from txsocksgss.errors import ConfigError, ProtocolError
 from txsocksgss.interfaces import (
     IClientAuthenticator,
@@ -63,6 +63,7 @@ from txsocksgss.wire.gssapi import (
     parse_gssapi_frame,
 )
 from txsocksgss.wire.reader import MessageBuffer
+from txsocksgss.wire.rfc4121 import wrap_token_sequence
 from txsocksgss.wire.socks5 import AuthMethod
 
 __all__ = [
@@ -186,7 +187,7 @@ class GSSAPIServerFactory:
     :param nec: accept the unwrapped level octet of NEC-derived clients.
     :param wrap: who computes the per-message tokens (`WRAP_ENGINES`):
         ``auto`` uses OpenSSL for Kerberos contexts with AES-SHA1 keys
-        (`txsocksgss.auth.kerberos_wrap`), ``library`` always the GSS-API
+        (`txsocksgss.wire.rfc4121`), ``library`` always the GSS-API
         library.
     :raise ConfigError: when the acceptor credential cannot be acquired.
     """
@@ -386,19 +387,23 @@ class _GSSAPIServerConversation:
 
 def _protection(context: Any, level: ProtectionLevel, level_sequence: int | None, nec: bool,
                 mechanism: str | None, wrap: str) -> GSSAPIStreamProtection:
+    """The stream protection once the level is agreed (`_next_peer_sequence` tells the codec where the peer is)."""
+    return GSSAPIStreamProtection(context, level, _next_peer_sequence(level_sequence, nec, mechanism), wrap)
+
+
+def _next_peer_sequence(level_sequence: int | None, nec: bool, mechanism: str | None) -> PeerSequence:
     """
-    The stream protection once the level is agreed.  The OpenSSL codec must
-    know the sequence number of the peer's next token: one more than that
-    of the level message; with NEC there is none, and under SPNEGO the
-    mechListMIC tokens may have used numbers nobody counted, so that case
-    (and a level message that is not an RFC 4121 token) stays with the
-    library, which keeps its own count.
+    The sequence number of the peer's next token: one more than that of
+    its level message.  With NEC there is none: the peer's first number
+    (None), except under SPNEGO, whose mechListMIC tokens may have used
+    numbers nobody counted (`UNCOUNTED`); and a level message that is not
+    an RFC 4121 token tells nothing either.
     """
     if nec:
-        return GSSAPIStreamProtection(context, level, None, "library" if mechanism == "spnego" else wrap)
+        return UNCOUNTED if mechanism == "spnego" else None
     if level_sequence is None:
-        return GSSAPIStreamProtection(context, level, None, "library")
-    return GSSAPIStreamProtection(context, level, level_sequence + 1, wrap)
+        return UNCOUNTED
+    return level_sequence + 1
 
 
 class _Refused(Exception):

@@ -11,35 +11,58 @@ delivered; a token that fails to unwrap, a level-2 token that arrives
 without confidentiality, or any frame other than MTYP 03 ends the
 connection.  A UDP datagram is exactly one frame.
 
-Who computes the tokens is a `TokenCodec`: for a Kerberos context with an
-AES-SHA1 key (MIT's default) it is `KerberosWrapCodec`, which makes the
-same RFC 4121 tokens with OpenSSL three to six times faster than the
-Kerberos library (see `txsocksgss.auth.kerberos_wrap`); for anything else,
-or with ``engine="library"``, it is the GSS-API library's own gss_wrap and
-gss_unwrap (`LibraryTokenCodec`).  Either way no Python loop touches the
-bytes of a token.
+Who computes the tokens is a `TokenCodec`, chosen in one place,
+`token_codec`: for a Kerberos context with an AES-SHA1 key (MIT's default)
+it is the pure RFC 4121 codec (`txsocksgss.wire.rfc4121.KerberosWrapCodec`,
+fed by `txsocksgss.auth.krb5_lucid`), which makes the same tokens with
+OpenSSL three to six times faster than the Kerberos library; for anything
+else, with ``engine="library"``, or when nobody knows the peer's next
+sequence number (`UNCOUNTED`), it is the GSS-API library's own gss_wrap
+and gss_unwrap (`LibraryTokenCodec`).  Either way no Python loop touches
+the bytes of a token.
 """
-
 from __future__ import annotations
 
-from typing import Any, Protocol
+import enum
+from typing import Any, Literal, Protocol
 
 from gssapi.exceptions import GSSError
 from zope.interface import implementer
 
-from txsocksgss.auth.kerberos_wrap import TokenRejected, codec_from_context
+from txsocksgss.auth.krb5_lucid import codec_from_context
 from txsocksgss.errors import InvalidField, ProtocolError
 from txsocksgss.interfaces import IStreamProtection
 from txsocksgss.wire.gssapi import MAX_TOKEN_LENGTH, GSSAPIFrame, MessageType, ProtectionLevel, parse_gssapi_frame
 from txsocksgss.wire.reader import MessageBuffer, parse_exactly
+from txsocksgss.wire.rfc4121 import TokenRejected
 
-__all__ = ["GSSAPIStreamProtection", "ProtectionFailed", "TokenCodec", "LibraryTokenCodec", "WRAP_ENGINES"]
+__all__ = [
+    "GSSAPIStreamProtection",
+    "ProtectionFailed",
+    "TokenCodec",
+    "LibraryTokenCodec",
+    "token_codec",
+    "UNCOUNTED",
+    "WRAP_ENGINES",
+    "gss_text",
+]
 
 _HEADER = b"\x01\x03"
 
 #: ``auto``: OpenSSL for Kerberos AES-SHA1 contexts, the library otherwise;
 #: ``library``: always the GSS-API library.
 WRAP_ENGINES = ("auto", "library")
+
+
+class _Uncounted(enum.Enum):
+    UNCOUNTED = "the peer may have used sequence numbers nobody counted"
+
+
+#: A ``next_peer_sequence`` nobody knows: the peer may have used numbers
+#: (SPNEGO's mechListMIC) that no token told, so only the library, which
+#: kept its own count, can check the next one.
+UNCOUNTED = _Uncounted.UNCOUNTED
+PeerSequence = int | None | Literal[_Uncounted.UNCOUNTED]
 
 
 def _frame_header(token: bytes) -> bytes:
@@ -53,6 +76,9 @@ class ProtectionFailed(ProtocolError):
 
 class TokenCodec(Protocol):
     """Makes and checks the per-message tokens of one security context."""
+
+    #: Who computes the tokens: ``openssl`` (the pure RFC 4121 codec) or ``library``.
+    engine: str
 
     def wrap_size_limit(self, max_token: int, conf: bool) -> int: ...
 
@@ -87,18 +113,28 @@ class LibraryTokenCodec:
         return bytes(result.message), bool(result.encrypted)
 
 
-def token_codec(context: Any, next_peer_sequence: int | None, engine: str = "auto") -> Any:
+def token_codec(context: Any, next_peer_sequence: PeerSequence, engine: str = "auto") -> TokenCodec:
     """
-    The fastest `TokenCodec` for an established context (see
-    `WRAP_ENGINES`); ``next_peer_sequence`` as for
-    `txsocksgss.auth.kerberos_wrap.codec_from_context`.
+    The one place that chooses who computes a session's tokens: the pure
+    RFC 4121 codec when ``engine`` is ``auto``, the peer's next sequence
+    number is known and the context is Kerberos with an AES-SHA1 key
+    (`txsocksgss.auth.krb5_lucid.codec_from_context`, which then has the
+    library delete the context); else the library (`LibraryTokenCodec`).
 
+    :param next_peer_sequence: the sequence number the peer's next token
+        must carry; None when the library unwrapped no token of the peer
+        (the first it uses, which the exported context tells); `UNCOUNTED`
+        when nobody knows.
+    :param engine: one of `WRAP_ENGINES`.
+    :raise ValueError: an unknown ``engine``.
     :raise ProtectionFailed: the context was exported but cannot be used.
     """
     if engine not in WRAP_ENGINES:
         raise ValueError(f"unknown wrap engine {engine!r}; known: {', '.join(WRAP_ENGINES)}")
+    if engine == "library" or next_peer_sequence is UNCOUNTED:
+        return LibraryTokenCodec(context)
     try:
-        codec = codec_from_context(context, next_peer_sequence) if engine == "auto" else None
+        codec = codec_from_context(context, next_peer_sequence)
     except TokenRejected as error:
         raise ProtectionFailed(str(error)) from None
     return codec if codec is not None else LibraryTokenCodec(context)
@@ -115,21 +151,22 @@ class GSSAPIStreamProtection:
     :param level: `ProtectionLevel.INTEGRITY` or `ProtectionLevel.CONFIDENTIALITY`.
     :param next_peer_sequence: the sequence number of the peer's next
         token: one more than that of the protection-level message the
-        library unwrapped (`txsocksgss.auth.kerberos_wrap.wrap_token_sequence`),
-        or None when the library unwrapped none (NEC).
+        library unwrapped (`txsocksgss.wire.rfc4121.wrap_token_sequence`),
+        None when the library unwrapped none (NEC), or `UNCOUNTED`
+        (`token_codec`).
     :param engine: one of `WRAP_ENGINES`.
     :ivar engine: who computes the tokens: ``openssl`` or ``library``.
     :ivar codec: the `TokenCodec` itself.
     """
 
-    def __init__(self, context: Any, level: ProtectionLevel, next_peer_sequence: int | None,
+    def __init__(self, context: Any, level: ProtectionLevel, next_peer_sequence: PeerSequence,
                  engine: str = "auto") -> None:
         if level not in (ProtectionLevel.INTEGRITY, ProtectionLevel.CONFIDENTIALITY):
             raise ValueError(f"no per-message protection at level {level!r}")
         self.level = level
         self.name = "confidentiality" if level == ProtectionLevel.CONFIDENTIALITY else "integrity"
         self._encrypt = level == ProtectionLevel.CONFIDENTIALITY
-        self.codec = token_codec(context, next_peer_sequence, engine)
+        self.codec: TokenCodec = token_codec(context, next_peer_sequence, engine)
         self.engine: str = self.codec.engine
         self.max_chunk = self.codec.wrap_size_limit(MAX_TOKEN_LENGTH, self._encrypt)
         if self.max_chunk <= 0:
