@@ -18,7 +18,7 @@ BENCH_ARGS ?=
 
 run:
 	@bash scripts/bootstrap.sh run
-	exec $(VENV)/bin/twistd -n --pidfile= socksgss $(ARGS)
+	exec $(VENV)/bin/twistd -n --pidfile= --logger txsocksgss.logs.fastTextObserver socksgss $(ARGS)
 
 test:
 	@bash scripts/bootstrap.sh test
