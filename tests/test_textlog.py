@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 from typing import Any, Callable
 
-from twisted.logger import LogLevel, capturedLogs, formatTime, textFileLogObserver
+from twisted.logger import Logger, LogLevel, formatTime, textFileLogObserver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from txsocksgss.server import session
 from txsocksgss.server.session import SessionRecord
 from txsocksgss.textlog import TextLogObserver
 
@@ -23,12 +24,15 @@ SECOND = 1_700_000_000.0
 
 
 def session_event(when: float, destination: str = "example.org:80", user: str | None = None) -> dict[str, Any]:
-    """The event `SessionRecord.finish` emits, stamped ``when``."""
+    """The event `SessionRecord.finish` emits, stamped ``when`` (to this list only, not the global publisher)."""
+    events: list[dict[str, Any]] = []
     record = SessionRecord(client="192.0.2.7:5000", started=0.0, method="none", command="connect",
                            destination=destination, user=user, bytes_from_client=12, bytes_to_client=345)
-    with capturedLogs() as captured:
+    saved, session._log = session._log, Logger(namespace="txsocksgss.session", observer=events.append)
+    try:
         record.finish(1.0, "closed")
-    events = [dict(event) for event in captured if event.get("log_namespace") == "txsocksgss.session"]
+    finally:
+        session._log = saved
     [event] = events
     event["log_time"] = when
     return event
@@ -121,10 +125,10 @@ class SameBytesTests(SynchronousTestCase):
             theirs, ours = makeFile(), makeFile()
             for observer in (textFileLogObserver(theirs), TextLogObserver(ours)):
                 self.assertRaises(UnicodeEncodeError, observer, dict(unencodable))
-            if isinstance(ours, io.TextIOWrapper):
-                ours, theirs = ours.buffer, theirs.buffer  # type: ignore[assignment]
-            self.assertEqual(ours.getvalue(), theirs.getvalue())
-            self.assertEqual(ours.getvalue(), b"")  # nothing of the line
+            # (the wrappers stay referenced: dropping one closes its buffer)
+            our_bytes, their_bytes = (f.buffer if isinstance(f, io.TextIOWrapper) else f for f in (ours, theirs))
+            self.assertEqual(our_bytes.getvalue(), their_bytes.getvalue())
+            self.assertEqual(our_bytes.getvalue(), b"")  # nothing of the line
         ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
         self.assertRaises(UnicodeEncodeError, TextLogObserver(ascii_out), session_event(SECOND, "caf\u00e9:80"))
 
