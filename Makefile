@@ -23,7 +23,7 @@ TRIAL_MODULES := tests.wire tests.auth.test_maf tests.auth.test_gssapi_conversat
 
 run:
 	@bash scripts/bootstrap.sh run
-	exec $(VENV)/bin/twistd -n --pidfile= socksgss $(ARGS)
+	exec $(VENV)/bin/twistd -n --pidfile= --logger txsocksgss.logs.fastTextObserver socksgss $(ARGS)
 
 test:
 	@bash scripts/bootstrap.sh test

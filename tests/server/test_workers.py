@@ -117,22 +117,19 @@ class WorkerOutputTests(SynchronousTestCase):
         _WorkerProcess(1, _LogSink(out, None)).childDataReceived(1, "T [s] worker 1: caf\u00e9\n".encode())
         self.assertEqual(out.getvalue(), "T [s] worker 1: caf\u00e9\n")
 
-    def test_the_sink_is_the_single_file_observer_or_none(self):
+    def test_the_sink_is_the_file_of_the_projects_text_observer_or_none(self):
         import io
 
-        from twisted.logger import LogPublisher, textFileLogObserver
-
+        from txsocksgss import logs
         from txsocksgss.server import workers
+        from txsocksgss.textlog import TextLogObserver
 
-        out = io.StringIO()
-        publisher = LogPublisher(textFileLogObserver(out))
-        import twisted.logger
-
-        self.patch(twisted.logger, "globalLogPublisher", publisher)
+        out = io.BytesIO()
+        self.patch(logs, "_process_text_observer", TextLogObserver(out))  # as fastTextObserver sets it
         sink = workers._log_sink()
         self.assertIsNotNone(sink)
-        self.assertIs(sink.out, out)
-        publisher.addObserver(lambda event: None)  # two observers: each line stays an event
+        self.assertEqual((sink.out, sink.encoding), (out, "utf-8"))
+        self.patch(logs, "_process_text_observer", None)  # twistd's own observer, syslog: events
         self.assertIsNone(workers._log_sink())
 
     def test_a_json_log_gets_events_not_text_lines(self):

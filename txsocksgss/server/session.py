@@ -9,11 +9,10 @@ ends.  An observer that raises is logged and never breaks the session.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
 __all__ = ["SessionObserver", "SessionRecord"]
 
@@ -70,7 +69,7 @@ class SessionRecord:
                 _log.failure("session observer {observer!r} failed on the reply", observer=observer)
 
     def finish(self, now: float, outcome: str) -> bool:
-        """Log the session line once and tell the observers; return False if it was already logged."""
+        """Log the session line (one event) once and tell the observers; return False if it was already logged."""
         if self.finished:
             return False
         self.finished = True
@@ -78,135 +77,35 @@ class SessionRecord:
         user = self.user if self.user is not None else "-"
         duration = max(0.0, now - self.started)
         # The line is built once here: string.Formatter on a dozen fields
-        # costs more than the rest of a short session.  The fields are still
-        # in the event for structured (JSON) observers.
+        # costs more than the rest of a short session.  The event's format
+        # is that one field, so an observer may take it as the text as it is
+        # (txsocksgss.textlog); the fields are there for structured (JSON)
+        # observers.
         line = (
             f"session client={self.client} socks{self.version} user={user} method={self.method} "
             f"protection={self.protection} command={self.command} destination={self.destination} "
             f"up={self.bytes_from_client} down={self.bytes_to_client} duration={duration:.3f}s "
             f"outcome={outcome}"
         )
-        # With twistd's text log file as the only observer, written there as
-        # it would have written it (`_PlainTextLog`); else an event.
-        if not _plain_text_log.write(line):
-            _log.info(
-                "{session_line}",
-                session_line=line,
-                client=self.client,
-                version=self.version,
-                user=user,
-                method=self.method,
-                protection=self.protection,
-                command=self.command,
-                destination=self.destination,
-                up=self.bytes_from_client,
-                down=self.bytes_to_client,
-                duration=duration,
-                outcome=outcome,
-            )
+        _log.info(
+            "{session_line}",
+            session_line=line,
+            client=self.client,
+            version=self.version,
+            user=user,
+            method=self.method,
+            protection=self.protection,
+            command=self.command,
+            destination=self.destination,
+            up=self.bytes_from_client,
+            down=self.bytes_to_client,
+            duration=duration,
+            outcome=outcome,
+        )
         for observer in tuple(self.observers):
             try:
                 observer.sessionFinished(self)
             except Exception:
                 _log.failure("session observer {observer!r} failed at the end", observer=observer)
         return True
-
-
-#: Set to True on a FileLogObserver's formatEvent function that writes
-#: Twisted's classic text lines (a prefix, then the event's text), like a
-#: worker process's (txsocksgss.server.workers): `_PlainTextLog` may then
-#: write session lines through it directly.
-CLASSIC_TEXT = "txsocksgssClassicText"
-
-
-class _PlainTextLog:
-    """
-    The session line straight into the log file, when the only log observer
-    is twistd's own text file (`twisted.logger.textFileLogObserver`, or a
-    worker's, marked `CLASSIC_TEXT`): the
-    same text it would write, with its time and system prefix formatted by
-    that observer once per second, instead of an event through the
-    publisher and a format per line (a tenth of a short session's CPU).
-    With any other observer (JSON, syslog, a program's own, a test's, a
-    time format finer than the second), or a line the file could not
-    encode, the line is an event as usual; a file that fails to write is
-    ignored, as the publisher would.
-    """
-
-    def __init__(self) -> None:
-        self._observer: object = None
-        self._second = -1
-        self._prefix = ""
-
-    def write(self, line: str) -> bool:
-        # The publisher the session logger sends its events to (twisted.logger's global one).
-        observer = only_text_observer(_log.observer)
-        if observer is None:
-            return False
-        if observer is not self._observer:
-            if not _whole_seconds(observer):
-                return False
-            self._observer, self._second = observer, -1
-        now = time.time()
-        if int(now) != self._second:
-            prefix = _prefix(observer, float(int(now)))
-            if prefix is None:
-                return False
-            self._prefix, self._second = prefix, int(now)
-        text = f"{self._prefix}{line.replace(chr(10), chr(10) + chr(9))}\n"
-        encoding = observer._encoding  # type: ignore[attr-defined]
-        out = observer._outFile  # type: ignore[attr-defined]
-        try:
-            out.write(text if encoding is None else text.encode(encoding))
-            out.flush()
-        except UnicodeError:
-            # Text that cannot be encoded (lone surrogates): a text file or
-            # twistd's LogFile encodes before it writes a byte, so nothing
-            # was written; the event path, where the publisher handles it.
-            return False
-        except Exception:
-            # A full disk, a closed file: as the publisher does with a
-            # failing observer, the session never sees it (and the line is
-            # not written a second time).
-            pass
-        return True
-
-
-def _prefix(observer: Any, when: float) -> str | None:
-    """What ``observer`` writes before an event's text at time ``when`` (time, system)."""
-    text = observer.formatEvent({"log_time": when, "log_namespace": _log.namespace, "log_level": LogLevel.info,
-                                 "log_format": "{x}", "x": "x"})
-    if not text or not text.endswith("x\n"):
-        return None
-    return str(text[:-2])
-
-
-def _whole_seconds(observer: Any) -> bool:
-    """Whether ``observer``'s time stamps change only with the second (so one prefix serves a second)."""
-    return _prefix(observer, 1_700_000_000.0) == _prefix(observer, 1_700_000_000.75)
-
-
-def only_text_observer(publisher: Any) -> Any:
-    """
-    The one observer of ``publisher`` (a twisted.logger LogPublisher) if it
-    writes classic text lines to a file: twistd's own
-    (`twisted.logger.textFileLogObserver`) or one whose formatEvent is
-    marked `CLASSIC_TEXT`; else None (no observer, several, JSON, syslog...).
-    """
-    from twisted.logger import FileLogObserver
-
-    observers = getattr(publisher, "_observers", None)
-    if not observers or len(observers) != 1:
-        return None
-    observer = observers[0]
-    formatEvent = getattr(observer, "formatEvent", None)
-    classic = (getattr(formatEvent, "__qualname__", "").startswith("textFileLogObserver.")
-               or getattr(formatEvent, CLASSIC_TEXT, False))
-    if (isinstance(observer, FileLogObserver) and classic
-            and hasattr(observer, "_outFile") and hasattr(observer, "_encoding")):
-        return observer
-    return None
-
-
-_plain_text_log = _PlainTextLog()
 

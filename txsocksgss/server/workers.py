@@ -13,14 +13,16 @@ SIGHUP (reload) on to its workers, stops them with SIGTERM when it stops
 share of new connections simply goes to the others: SO_REUSEPORT only
 spreads over sockets that exist).
 
-A worker's log goes to its standard output, a pipe to the master, in the
-master's own line format with ``worker N:`` after the system.  When the
-master logs text to one file (``--logfile``, or standard output), it
-writes those lines there as they are, whole lines only and many per
-write: a log line costs the master almost nothing.  With any other log
-set-up (syslog, ``--logger``, the JSON logs) each line is logged again as
-an event of the master's, and so is whatever a worker writes on its
-standard error (a traceback at start-up), named ``worker N:``.
+A worker's log goes to its standard output, a pipe to the master, in
+twistd's text format (`txsocksgss.textlog.TextLogObserver`) with
+``worker N:`` after the system.  When the master logs through
+``--logger txsocksgss.logs.fastTextObserver`` (`txsocksgss.logs`), it
+writes those lines to that observer's file as they are, whole lines only
+and many per write: a log line costs the master almost nothing.  With any
+other log set-up (twistd's own text observer, syslog, the JSON logs) each
+line is logged again as an event of the master's, and so is whatever a
+worker writes on its standard error (a traceback at start-up), named
+``worker N:``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from twisted.logger import Logger
 
 from txsocksgss.errors import ConfigError
 from txsocksgss.server.lean import LeanTCPServerEndpoint
-from txsocksgss.server.session import CLASSIC_TEXT, only_text_observer
 
 __all__ = ["reuse_port_endpoint", "WorkerPool", "worker_main"]
 
@@ -72,6 +73,10 @@ class _LogSink:
     """
     The file the master's log observer writes to, for a worker's lines that
     are already formatted: written as they are, several at a time.
+
+    :param out: the file.
+    :param encoding: the encoding of a file taking bytes (the lines are
+        UTF-8, written as they are), ``None`` for a text file.
     """
 
     def __init__(self, out: Any, encoding: str | None) -> None:
@@ -85,18 +90,17 @@ class _LogSink:
 
 def _log_sink() -> _LogSink | None:
     """
-    The master's log file, if its log goes to exactly one file as text
-    (twistd's own observer, `twisted.logger.textFileLogObserver`:
-    ``--logfile``, or standard output): then the lines a worker formats
-    itself in the same format can be written there unchanged.  None for any
-    other set-up (syslog, a ``--logger`` such as the JSON one, several
-    observers): then each worker line is logged again as an event of the
-    master's.
+    The master's log file, if the master logs through
+    `txsocksgss.logs.fastTextObserver` (twistd's ``--logger``; then it is
+    twistd's only observer): the lines a worker formats itself in the same
+    format can be written there unchanged.  None for any other set-up
+    (twistd's own observer, syslog, the JSON logs): then each worker line
+    is logged again as an event of the master's.
     """
-    from twisted.logger import globalLogPublisher
+    from txsocksgss.logs import processTextObserver
 
-    observer = only_text_observer(globalLogPublisher)
-    return None if observer is None else _LogSink(observer._outFile, observer._encoding)
+    observer = processTextObserver()
+    return None if observer is None else _LogSink(observer.outFile, observer.encoding)
 
 
 # What a worker puts after the system in its lines (see worker_main).
@@ -205,24 +209,18 @@ def worker_main(argv: Sequence[str]) -> int:
     from twisted.application.service import IService
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
-    from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
+    from twisted.logger import globalLogBeginner
 
     from txsocksgss.tap import Options, makeService
+    from txsocksgss.textlog import TextLogObserver
 
     options = Options()
     options.worker = True
     options.parseOptions(list(argv))
     service = makeService(options)
-    marker = f"] worker {os.environ.get(_WORKER_NUMBER, '?')}: "
-
-    def formatEvent(event: Any) -> str | None:
-        # The master's own format, with the worker named after the system.
-        text = formatEventAsClassicLogText(event)
-        return text.replace("] ", marker, 1) if text else text
-
-    setattr(formatEvent, CLASSIC_TEXT, True)  # session lines may be written through it directly
-
-    globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, formatEvent)], redirectStandardIO=False)
+    # The master's own format, with the worker named after the system.
+    observer = TextLogObserver(sys.stdout, label=f"worker {os.environ.get(_WORKER_NUMBER, '?')}: ")
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     StandardIO(_MasterWatch(reactor), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     IService(service).startService()
     reactor.addSystemEventTrigger("before", "shutdown", IService(service).stopService)
