@@ -18,9 +18,10 @@ A. Dante's client (socksify'd curl, LD_PRELOAD of the GSS-API build's
    reads it back (the direction curl hardly uses: Dante wraps, we unwrap).
 
    When Dante's client asks for a level our ``gssapi_protection`` does not
-   allow, our server answers its own most preferred level (PROTOCOL.md:
-   "the client decides").  Dante 1.4.2's client does not close then: if it
-   was configured with only the level it asked for, it ignores the answer
+   allow, our server answers its own most preferred level
+   (docs/protocol.rst, GSS-API: "the client decides").  Dante 1.4.2's
+   client does not close then: if it was configured with only the level
+   it asked for, it ignores the answer
    and carries on at its own level (clientmethod_gssapi(): the switch on
    the server's answer just breaks for a known level the client does not
    list).  Observed, per case:
@@ -484,8 +485,9 @@ class DanteClientThroughOurServerTests(_Rig):
         host/socks-proxy.test, and Dante's client configured with
         ``gssapi.servicename: host``: the context is for
         host/socks-proxy.test@REALM, which is not our service, so the
-        server must abort (PROTOCOL.md: the client targets SERVICE/host;
-        _checkEstablished exists to refuse another service).  It does not:
+        server must abort (docs/protocol.rst, GSS-API: the client targets
+        SERVICE/host; _checkEstablished exists to refuse another service).
+        It does not:
         _checkEstablished compares ``str(self._context.mech)``, which
         python-gssapi 1.x renders as ``"<OID 1.2.840.113554.1.2.2>"``, with
         the dotted KRB5_OID, finds them different, and returns before any

@@ -19,7 +19,7 @@ server again and again, byte-exact.  Afterwards:
   each was logged as exactly one session;
 - every session drained and the process's file descriptors are back to
   their baseline;
-- targeted cases got the answer PROTOCOL.md promises (REP 07 for an unknown
+- targeted cases got the answer docs/protocol.rst promises (REP 07 for an unknown
   command, 08 for an unknown address type, the RFC 1961 abort message, a
   MAF FAILURE, SOCKS 4 code 91, ...).
 
@@ -170,7 +170,7 @@ def _socks5_cases(rng: random.Random, count: int, legit_port: int) -> list[Case]
                 steps.append(("until", lambda r: len(r) >= 2))
             steps.append(("send", data))
             cases.append(Case("socks5-request", kind, steps, _ending(rng, kind), rng.randint(1, 6), seed=seed))
-    # Targeted: what PROTOCOL.md promises for each kind of bad request.
+    # Targeted: what docs/protocol.rst promises for each kind of bad request.
     for command in (0x00, 0x04, 0x7F, 0xFF):
         cases.append(Case("socks5-request", "bad command",
                           [("send", b"\x05\x01\x00\x05" + bytes([command]) + b"\x00\x01\x7f\x00\x00\x01\x00\x50")],

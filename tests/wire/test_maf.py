@@ -1,4 +1,4 @@
-"""Tests for txsocksgss.wire.maf (draft-ietf-aft-socks-maf, as settled in PROTOCOL.md)."""
+"""Tests for txsocksgss.wire.maf (draft-ietf-aft-socks-maf, as settled in docs/protocol.rst, MAF)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ client side, the client sends WHAT NEXT? and the policy decides again.
 
 Decisions where the draft is silent or contradicts itself (docs/maf.rst):
 
-- NMETHODS is one octet (PROTOCOL.md).
+- NMETHODS is one octet (docs/protocol.rst, MAF).
 - A sub-method's outcome on the server is the outcome of the server-side
   authenticator; the client's WHAT NEXT? only says the client is done.  A
   WHAT NEXT? before the server-side sub-method has ended means the client

@@ -1,6 +1,7 @@
 """
 Reaching a destination: name resolution, outgoing TCP connections, and the
-SOCKS reply code that each way of failing maps to (PROTOCOL.md, SOCKS 5).
+SOCKS reply code that each way of failing maps to (docs/protocol.rst,
+SOCKS 5 reply codes).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ frames tokens; it never calls GSS-API.  The protection level travels as one
 octet *inside* a gss_wrap token (RFC 1961 s4.3); `encode_protection_level`
 and `decode_protection_level` handle that octet before wrapping and after
 unwrapping.  Level 0 ("clear") is the Dante extension described in
-PROTOCOL.md: authentication only, nothing framed afterwards.
+docs/protocol.rst, GSS-API: authentication only, nothing framed afterwards.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ Every message opens with INSTR(1) VER(1)=00 FLAGS(2) ("Subnegotiation"):
     success / failure      (00, FF)       INSTR VER FLAGS METHOD(4) LEN(4) DATA(LEN)
     what next? / acknowledge (04, 06)     INSTR VER FLAGS
 
-Decisions where the draft is unclear (PROTOCOL.md): NMETHODS is one octet
-(1..255 ids; the draft's table says 4 bytes, its text one octet); a SUCCESS
+Decisions where the draft is unclear (docs/protocol.rst, MAF): NMETHODS is
+one octet (1..255 ids; the draft's table says 4 bytes, its text one octet); a SUCCESS
 message names sub-method SUCCESS (0) and a FAILURE message sub-method
 FAILURE (0xFFFFFFFF), as the draft's last section says; LEN is capped by the
 parser's ``max_data`` and refused before the data arrives.  FLAGS is kept as

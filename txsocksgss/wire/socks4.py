@@ -9,8 +9,8 @@ Sources: "SOCKS: A protocol for TCP proxy across firewalls" (Ying-Da Lee,
 SOCKS 4) and "SOCKS 4A: A Simple Extension to SOCKS 4 Protocol".  A DSTIP
 of 0.0.0.x with x != 0 is not a destination but the 4a marker: the
 destination name follows the user id.  USERID and HOSTNAME are capped at
-255 bytes each (PROTOCOL.md); a field that passes the cap without its NUL is
-refused at once, before the rest arrives.
+255 bytes each (docs/protocol.rst, SOCKS 4 and 4a); a field that passes
+the cap without its NUL is refused at once, before the rest arrives.
 """
 
 from __future__ import annotations
