@@ -28,6 +28,10 @@ __all__ = [
     "ISOCKSUser",
     "IIdentChecker",
     "IMAFPolicy",
+    "ISessionIO",
+    "ITunnel",
+    "IConnector",
+    "ICommand",
 ]
 
 
@@ -199,3 +203,100 @@ class IMAFPolicy(Interface):
             `txsocksgss.auth.maf.AskForMore`, `txsocksgss.auth.maf.Succeed`
             (with the integrity grade) or `txsocksgss.auth.maf.Fail`.
         """
+
+
+class ISessionIO(Interface):
+    """
+    What the server's session machine (`txsocksgss.server.negotiation.SessionMachine`)
+    asks of the driver that carries its connection: the only way the machine
+    acts.  Two drivers provide it, over a Twisted transport and over a bare
+    socket; the second hands the connection (and the machine) to the first
+    when it is asked for something it cannot do.
+    """
+
+    def send(data):  # type: ignore[misc]
+        """Send ``data`` (bytes) to the client, in order, through the protection if one is installed."""
+
+    def installProtection(protection):  # type: ignore[misc]
+        """From now on, wrap what is sent and unwrap what is received with ``protection`` (`IStreamProtection`)."""
+
+    def connect(addresses, port, timeout, onConnected, onFailed):  # type: ignore[misc]
+        """
+        An `IConnector` (not started) for the first of ``addresses`` (IP
+        address strings) that answers on ``port``; it reports
+        ``onConnected(upstream, bound)`` (an upstream for `openTunnel`, and
+        the local `Address` of the outgoing connection; it returns False
+        when the session no longer wants it, and the connector closes it)
+        or ``onFailed(failure)``.
+        """
+
+    def openTunnel(upstream, reply, onEnd):  # type: ignore[misc]
+        """
+        Send the success ``reply`` as far as the connection takes it now and
+        build the tunnel (`ITunnel`, not started) between the client and
+        ``upstream``; ``onEnd(outcome)`` is called once when it ends.
+        Returns ``(tunnel, unsent)``: ``unsent`` is the rest of the reply,
+        which the tunnel's `ITunnel.start` sends first.
+        """
+
+    def tunnelEnded(tunnel):  # type: ignore[misc]
+        """The session's tunnel ended (after the session line is written)."""
+
+    def openBind(context, destination):  # type: ignore[misc]
+        """The BIND command (`ICommand`, not started) of ``context`` (the session machine) for ``destination``."""
+
+    def openUDP(context, declared):  # type: ignore[misc]
+        """The UDP ASSOCIATE command (`ICommand`, not started) of ``context`` for the client's ``declared`` address."""
+
+    def close(abort):  # type: ignore[misc]
+        """Close the client's connection once what was sent is out (``abort``: now, with a reset)."""
+
+
+class ITunnel(Interface):
+    """
+    The relay between the client and the destination, after the success
+    reply: `txsocksgss.server.relay.Relay` (Twisted transports, any kind)
+    and `txsocksgss.server.splice.SpliceRelay` (plain TCP sockets, zero copy).
+    """
+
+    bytes_from_client = Attribute("Tunnel bytes received from the client so far (int).")
+    bytes_from_upstream = Attribute("Tunnel bytes received from the destination so far (int).")
+    closed_at_once = Attribute("True once the tunnel closed both connections itself at its end.")
+
+    def start(toUpstream=b"", toClient=b""):  # type: ignore[misc]
+        """Start relaying; ``toUpstream`` (the client's early bytes) and ``toClient`` (the unsent reply) go first."""
+
+    def fromClient(data):  # type: ignore[misc]
+        """Bytes the client's driver received (a tunnel that reads its sockets itself never gets these)."""
+
+    def clientEOF():  # type: ignore[misc]
+        """The client shut down its sending side."""
+
+    def clientLost(reason):  # type: ignore[misc]
+        """The client's connection is gone."""
+
+    def close(outcome):  # type: ignore[misc]
+        """End the tunnel now, with ``outcome`` as the session's outcome."""
+
+
+class IConnector(Interface):
+    """One outgoing connection attempt of a CONNECT (over a list of addresses)."""
+
+    def start():  # type: ignore[misc]
+        """Try the first address (the outcome may be reported before this returns)."""
+
+    def cancel():  # type: ignore[misc]
+        """Stop the attempt under way; nothing is reported after it."""
+
+    def describe():  # type: ignore[misc]
+        """What the session waits for (``connecting to HOST:PORT``), for the negotiation timeout's log line."""
+
+
+class ICommand(Interface):
+    """A BIND or UDP ASSOCIATE command, run against its session's command context (the session machine)."""
+
+    def start():  # type: ignore[misc]
+        """Begin: resolve, judge, open the listener, reply (or end the session with the reply owed)."""
+
+    def stop():  # type: ignore[misc]
+        """The session ended: release every socket and timer of the command."""

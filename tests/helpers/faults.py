@@ -18,7 +18,7 @@ from tests.helpers.clients import ScriptedClient, StreamCollector
 from tests.helpers.integration import IntegrationTestCase
 from tests.helpers.logs import lines_with
 from tests.helpers.servers import EchoFactory
-from txsocksgss.server.protocol import SOCKS5ServerProtocol, SessionState
+from txsocksgss.server.negotiation import SessionMachine, SessionState
 from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request
 
 __all__ = ["FaultTestCase", "whenLeft", "whenSessionEnds"]
@@ -74,30 +74,33 @@ class FaultTestCase(IntegrationTestCase):
         self.assertEqual(len(lines), 1, "\n".join(self.logs))
         return lines[0]
 
-    def assertNoTimersOf(self, session: SOCKS5ServerProtocol) -> None:
+    def assertNoTimersOf(self, session: SessionMachine) -> None:
+        """Neither the session machine nor its driver has a timer left."""
         owners = [getattr(call.func, "__self__", None) for call in reactor.getDelayedCalls()]
         self.assertNotIn(session, owners)
+        self.assertNotIn(session.io, owners)
         self.assertIsNone(session._negotiation_timer)
-        self.assertIsNone(session._linger)
+        self.assertIsNone(getattr(session.io, "_linger", None))
 
 
-def whenSessionEnds(factory: Any, session: SOCKS5ServerProtocol) -> Deferred[None]:
-    """Fires once ``session``'s connection is gone and its connectionLost has run."""
+def whenSessionEnds(factory: Any, session: SessionMachine) -> Deferred[None]:
+    """Fires once ``session``'s connection is gone and the machine has been told (its connectionLost has run)."""
     done: Deferred[None] = Deferred()
     if session not in factory.context.sessions:
         done.callback(None)
         return done
     original = session.connectionLost
 
-    def connectionLost(reason: Any = None) -> None:
-        original(reason)
-        done.callback(None)
+    def connectionLost() -> None:
+        original()
+        if not done.called:
+            done.callback(None)
 
     session.connectionLost = connectionLost  # type: ignore[method-assign]
     return done
 
 
-def whenLeft(session: SOCKS5ServerProtocol, state: SessionState) -> Deferred[None]:
+def whenLeft(session: SessionMachine, state: SessionState) -> Deferred[None]:
     """Fires once ``session`` has handled received bytes that took it out of ``state``."""
     done: Deferred[None] = Deferred()
     original = session.dataReceived

@@ -34,6 +34,17 @@ from txsocksgss.server.splice import SpliceRelay
 from txsocksgss.wire.socks5 import Address, AddressType, Command, ReplyCode, Request
 
 
+
+def _taken(outcomes: list[Any]) -> Any:
+    """An onConnected that keeps the socket (in ``outcomes``) and checks the bound address it is given."""
+
+    def connected(sock: socket.socket, bound: Any) -> bool:
+        assert (bound.host, bound.port) == sock.getsockname()[:2], (bound, sock)
+        outcomes.append(sock)
+        return True
+
+    return connected
+
 class _TimersFrom(Clock):
     """The real reactor's descriptors with a Clock's timers (for the connect timeout)."""
 
@@ -81,7 +92,7 @@ class DirectConnectTests(FaultTestCase):
 
     def test_a_loopback_connect_finishes_without_an_event(self):
         outcomes: list[Any] = []
-        connector = DirectConnector(reactor, ["127.0.0.1"], self.echo_port, None, outcomes.append, outcomes.append)
+        connector = DirectConnector(reactor, ["127.0.0.1"], self.echo_port, None, _taken(outcomes), outcomes.append)
         connector.start()
         # Reported before start() returned: no registration, no reactor turn.
         [sock] = outcomes
@@ -131,7 +142,7 @@ class DirectConnectTests(FaultTestCase):
         port = self.unansweredPort()
         clock = _TimersFrom()
         outcomes: list[Any] = []
-        connector = DirectConnector(clock, ["127.0.0.1"], port, 30.0, outcomes.append, outcomes.append)
+        connector = DirectConnector(clock, ["127.0.0.1"], port, 30.0, _taken(outcomes), outcomes.append)
         connector.start()
         self.assertIn(connector, reactor.getWriters())
         clock.advance(30)
@@ -150,7 +161,7 @@ class DirectConnectTests(FaultTestCase):
         # taken for its outcome.
         port = self.unansweredPort()
         outcomes: list[Any] = []
-        connector = DirectConnector(reactor, ["127.0.0.1"], port, None, outcomes.append, outcomes.append)
+        connector = DirectConnector(reactor, ["127.0.0.1"], port, None, _taken(outcomes), outcomes.append)
         connector.start()
         self.addCleanup(connector.cancel)
         connector.doWrite()
@@ -187,7 +198,7 @@ class DirectConnectTests(FaultTestCase):
 
         self.patch(direct.socket, "socket", NoPortLeft)
         outcomes: list[Any] = []
-        connector = DirectConnector(reactor, ["127.0.0.1"], self.echo_port, None, outcomes.append, outcomes.append)
+        connector = DirectConnector(reactor, ["127.0.0.1"], self.echo_port, None, _taken(outcomes), outcomes.append)
         connector.start()
         [failure] = outcomes
         self.assertIsInstance(failure, Failure)
@@ -196,7 +207,7 @@ class DirectConnectTests(FaultTestCase):
 
     def test_an_unknown_ipv6_scope_fails_with_its_reason(self):
         outcomes: list[Any] = []
-        connector = DirectConnector(reactor, ["fe80::1%nosuchif0"], 80, None, outcomes.append, outcomes.append)
+        connector = DirectConnector(reactor, ["fe80::1%nosuchif0"], 80, None, _taken(outcomes), outcomes.append)
         connector.start()
         [failure] = outcomes
         self.assertTrue(failure.check(UnknownHostError))
@@ -206,7 +217,7 @@ class DirectConnectTests(FaultTestCase):
     @inlineCallbacks
     def test_refused_failure_is_connectTCPs(self):
         outcomes: list[Any] = []
-        connector = DirectConnector(reactor, ["127.0.0.1"], free_port(), None, outcomes.append, outcomes.append)
+        connector = DirectConnector(reactor, ["127.0.0.1"], free_port(), None, _taken(outcomes), outcomes.append)
         connector.start()
         if not outcomes:  # not refused at once: the refusal comes as an event
             yield deferLater(reactor, 0.05, lambda: None)

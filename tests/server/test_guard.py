@@ -249,7 +249,7 @@ class UDPTests(SynchronousTestCase):
         for host in ("127.0.0.1", "169.254.169.254", "inside.test", "192.0.2.1", "outside.test", "198.51.100.4"):
             datagram = UDPDatagram(0, Address.of(host, 53), b"query").serialize()
             client_side.protocol.datagramReceived(datagram, client)
-        association = protocol._command_handler
+        association = protocol.machine._command_handler
         self.assertEqual(association.dropped, 4)
         [outward] = [port for port in protocol.context.reactor.udpPorts if port.interface == "0.0.0.0"]
         self.assertEqual([addr for _data, addr in outward.written], [("198.51.100.3", 53), ("198.51.100.4", 53)])

@@ -299,7 +299,7 @@ class FlowControlTests(IntegrationTestCase):
         sender = yield sender_factory.built
         sent_when_paused = yield sender.first_pause
         [session] = factory.context.sessions
-        buffered = _buffered(session.transport) + _buffered(session.relay.upstream)
+        buffered = _buffered(session.io.transport) + _buffered(session.relay.upstream)
         self.assertLess(sent_when_paused, total)  # the source was made to wait...
         self.assertLess(buffered, 1024 * 1024)  # ...while the proxy held under 1 MiB
 

@@ -1,12 +1,11 @@
 """
 The lean accept path of plain TCP listeners (`txsocksgss.server.lean`), on
-real sockets through `LeanTCPServerEndpoint`: method none and CONNECT are
-served by a `LeanSession` and spliced, with the protocol's replies, session
-lines, timeouts, limits and observers; every other session is handed to
-the protocol unchanged, before the method (another method, no acceptable
-method, SOCKS 4, a malformed greeting, a method that does not end at
-once) or after it (BIND, UDP ASSOCIATE, an unsupported or malformed
-request).
+real sockets through `LeanTCPServerEndpoint`: every session is driven by a
+`BareSocketDriver` (any method, SOCKS 4, every failure reply) and its
+CONNECT spliced, with the replies, session lines, timeouts, limits and
+observers of the one session machine; a session that needs what a bare
+socket cannot do (BIND, UDP ASSOCIATE, a protection) is adopted by the
+Twisted driver with the same machine, its admission, record and deadline.
 """
 
 from __future__ import annotations
@@ -28,10 +27,17 @@ from tests.helpers.clients import ScriptedClient, StreamCollector
 from tests.helpers.fakes import FakeResolver
 from tests.helpers.faults import FaultTestCase
 from tests.helpers.ports import blackhole, free_port
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+
 from txsocksgss.auth.conversation import ANONYMOUS, AuthResult, AuthStep
-from txsocksgss.interfaces import IServerAuthenticator, IServerAuthenticatorFactory
+from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
+from txsocksgss.interfaces import IServerAuthenticator, IServerAuthenticatorFactory, IStreamProtection
+from txsocksgss.wire.userpass import UserPassRequest
 from txsocksgss.server.config import Config
-from txsocksgss.server.lean import LeanListener, LeanSession, LeanTCPServerEndpoint, lean_available, lean_endpoint
+from txsocksgss.server.lean import BareSocketDriver, LeanListener, LeanTCPServerEndpoint, lean_available, lean_endpoint
+from txsocksgss.server.protocol import SOCKS5ServerProtocol
+from txsocksgss.server.relay import Relay
 from txsocksgss.server.service import makeServerFactory
 from txsocksgss.server.splice import SpliceRelay
 from txsocksgss.wire.socks5 import Address, Command, ReplyCode, Request
@@ -60,6 +66,50 @@ class _LaterFactory:
 
     def buildAuthenticator(self, session: Any) -> IServerAuthenticator:
         return _Later()
+
+
+@implementer(IStreamProtection)
+class _Reversed:
+    """A per-message protection that reverses each chunk: visible on the wire, exact both ways."""
+
+    name = "reversed"
+
+    def protect(self, data: bytes) -> bytes:
+        return data[::-1]
+
+    def unprotect(self, data: bytes) -> bytes:
+        return data[::-1]
+
+    def protectDatagram(self, data: bytes) -> bytes:  # pragma: no cover - no UDP here
+        return data[::-1]
+
+    def unprotectDatagram(self, data: bytes) -> bytes:  # pragma: no cover
+        return data[::-1]
+
+
+@implementer(IServerAuthenticator)
+class _Protecting:
+    """Method none that ends at once with a protection: a bare socket cannot carry it."""
+
+    method = 0x00
+
+    def begin(self) -> AuthStep:
+        return AuthStep(result=AuthResult.success(ANONYMOUS, protection=_Reversed()))
+
+    def receive(self, data: bytes) -> AuthStep:  # pragma: no cover
+        raise AssertionError("no subnegotiation")
+
+    def abort(self) -> None:
+        pass
+
+
+@implementer(IServerAuthenticatorFactory)
+class _ProtectingFactory:
+    method = 0x00
+    name = "none"
+
+    def buildAuthenticator(self, session: Any) -> IServerAuthenticator:
+        return _Protecting()
 
 
 class _Observer:
@@ -106,7 +156,7 @@ class LeanTests(FaultTestCase):
         reply = yield client.reply(0)
         self.assertEqual(reply.code, ReplyCode.SUCCEEDED)
         [session] = factory.context.sessions
-        self.assertIsInstance(session, LeanSession)
+        self.assertIsInstance(session.io, BareSocketDriver)
         self.assertIsInstance(session.relay, SpliceRelay)
         upstream = session.relay.upstream
         self.assertEqual((reply.bound.host, reply.bound.port), upstream.getsockname())
@@ -272,27 +322,29 @@ class LeanTests(FaultTestCase):
         yield factory.context.whenDrained()
         self.assertIn("session client=[::1]:", self.sessionLine("closed", "client closed"))
 
-    # -- handed to the protocol -------------------------------------------------
+    # -- served on the bare socket ---------------------------------------------
 
     @inlineCallbacks
-    def handedOff(self, port: int, factory: Any, sent: bytes, expected: int) -> Any:
+    def servedBare(self, port: int, factory: Any, sent: bytes, expected: int) -> Any:
+        """Send ``sent``; the ``expected`` bytes of answer come from a session on the bare driver."""
         client = yield self.connectRaw(port)
         client.transport.write(sent)
         received = yield client.waitFor(expected)
         sessions = list(factory.context.sessions)
-        self.assertFalse([s for s in sessions if isinstance(s, LeanSession)], sessions)
+        self.assertTrue(all(isinstance(s.io, BareSocketDriver) for s in sessions), sessions)
         return client, received, sessions
 
     @inlineCallbacks
-    def test_no_acceptable_method_is_the_protocols_answer(self):
+    def test_no_acceptable_method_is_answered_on_the_bare_socket(self):
         port, factory = yield self.startLean()
-        client, received, _ = yield self.handedOff(port, factory, b"\x05\x01\x02", 2)
+        client = yield self.connectRaw(port)
+        client.transport.write(b"\x05\x01\x02")
+        received = yield client.lost
         self.assertEqual(received, b"\x05\xff")
-        yield client.lost
         self.sessionLine("no acceptable method (client offered 0x02)")
 
     @inlineCallbacks
-    def test_a_malformed_greeting_is_the_protocols_to_answer(self):
+    def test_a_malformed_greeting_ends_on_the_bare_socket(self):
         port, factory = yield self.startLean()
         client = yield self.connectRaw(port)
         client.transport.write(b"\x07\x01\x00")
@@ -300,31 +352,60 @@ class LeanTests(FaultTestCase):
         self.sessionLine("protocol error in greeting: ")
 
     @inlineCallbacks
-    def test_socks4_is_handed_off(self):
+    def test_socks4_is_served_and_spliced_on_the_bare_socket(self):
         port, factory = yield self.startLean(methods=["none", "socks4"])
         request = struct.pack("!BBH4s", 4, 1, self.echo_port, socket.inet_aton("127.0.0.1")) + b"me\x00"
-        client, received, _ = yield self.handedOff(port, factory, request, 8)
+        client, received, [session] = yield self.servedBare(port, factory, request, 8)
         self.assertEqual(received[:2], b"\x00\x5a")
+        self.assertIsInstance(session.relay, SpliceRelay)
         client.transport.write(b"ping")
         received = yield client.waitFor(12)
         self.assertEqual(received[8:], b"ping")
 
     @inlineCallbacks
-    def test_a_method_that_does_not_end_at_once_is_run_by_the_protocol(self):
+    def test_a_method_that_ends_later_is_run_on_the_bare_socket(self):
         port, factory = yield self.startLean(authenticators=[_LaterFactory()])
         request = Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)).serialize()
-        client, received, sessions = yield self.handedOff(port, factory, b"\x05\x01\x00" + request, 12)
+        client, received, sessions = yield self.servedBare(port, factory, b"\x05\x01\x00" + request, 12)
         self.assertEqual(received[:4], b"\x05\x00\x05\x00")
         self.assertEqual(len(sessions), 1)
+        self.assertIsInstance(sessions[0].relay, SpliceRelay)
 
     @inlineCallbacks
-    def test_bind_resumes_in_the_protocol_after_the_method(self):
+    def test_username_and_password_sessions_are_spliced_on_the_bare_socket(self):
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"s3cret")
+        port, factory = yield self.startLean(
+            authenticators=[UserPassServerFactory(Portal(SOCKSUserRealm(), [checker]))])
+        request = Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)).serialize()
+        sent = b"\x05\x01\x02" + UserPassRequest(b"alice", b"s3cret").serialize() + request
+        client, received, [session] = yield self.servedBare(port, factory, sent, 14)
+        self.assertEqual(received[:6], b"\x05\x02\x01\x00\x05\x00")
+        self.assertIsInstance(session.relay, SpliceRelay)
+        self.assertEqual(session.record.user, "alice")
+        client.transport.write(b"ping")
+        received = yield client.waitFor(18)
+        self.assertEqual(received[14:], b"ping")
+
+    @inlineCallbacks
+    def test_an_unsupported_command_gets_07_on_the_bare_socket(self):
+        port, factory = yield self.startLean()
+        client, received, _ = yield self.servedBare(
+            port, factory, b"\x05\x01\x00" + b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50", 12)
+        self.assertEqual(received[:4], b"\x05\x00\x05\x07")
+        yield client.lost
+        self.assertIn("method=none", self.sessionLine("bad request: "))
+
+    # -- adopted by the Twisted driver ------------------------------------------
+
+    @inlineCallbacks
+    def test_bind_is_adopted_by_the_twisted_driver(self):
         port, factory = yield self.startLean()
         client = yield self.connect(port, Request(Command.BIND, Address.of("127.0.0.1", 0)))
         first = yield client.reply(0)
         self.assertEqual(first.code, ReplyCode.SUCCEEDED)
         [session] = factory.context.sessions
-        self.assertNotIsInstance(session, LeanSession)
+        self.assertIsInstance(session.io, SOCKS5ServerProtocol)
+        self.assertIs(session.io.machine, session)
         self.assertEqual(session.record.method, "none")
         self.assertEqual(session.record.command, "bind")
         inbound = socket.create_connection((first.bound.host, first.bound.port))
@@ -333,78 +414,72 @@ class LeanTests(FaultTestCase):
         self.assertEqual(second.code, ReplyCode.SUCCEEDED)
 
     @inlineCallbacks
-    def test_udp_associate_resumes_in_the_protocol(self):
+    def test_udp_associate_is_adopted_by_the_twisted_driver(self):
         port, factory = yield self.startLean()
         client = yield self.connect(port, Request(Command.UDP_ASSOCIATE, Address.of("0.0.0.0", 0)))
         self.assertEqual((yield client.reply(0)).code, ReplyCode.SUCCEEDED)
         [session] = factory.context.sessions
         self.assertEqual(session.record.command, "udp")
+        self.assertIsInstance(session.io, SOCKS5ServerProtocol)
 
     @inlineCallbacks
-    def test_a_hand_off_keeps_the_session_open_for_the_drain(self):
-        port, factory = yield self.startLean(methods=["none", "socks4"])
+    def test_an_adoption_keeps_the_session_open_for_the_drain(self):
+        port, factory = yield self.startLean()
         client = yield self.connectRaw(port)
-        self.assertEqual(len(factory.context.sessions), 1)  # accepted: the lean session
+        self.assertEqual(len(factory.context.sessions), 1)  # accepted: the bare driver's
         drained = factory.context.whenDrained()
-        request = struct.pack("!BBH4s", 4, 1, self.echo_port, socket.inet_aton("127.0.0.1")) + b"me\x00"
-        client.transport.write(request)
-        yield client.waitFor(8)
-        self.assertFalse(drained.called)  # the session went from lean to protocol without a gap
+        client.transport.write(b"\x05\x01\x00" + Request(Command.BIND, Address.of("127.0.0.1", 0)).serialize())
+        yield client.waitFor(12)
+        self.assertFalse(drained.called)  # the session went from one driver to the other without a gap
         [session] = factory.context.sessions
-        self.assertNotIsInstance(session, LeanSession)
+        self.assertIsInstance(session.io, SOCKS5ServerProtocol)
         client.transport.loseConnection()
         yield drained
 
     @inlineCallbacks
-    def test_a_hand_off_keeps_the_admission_the_record_and_the_deadline(self):
-        port, factory = yield self.startLean(authenticators=[_LaterFactory()], max_sessions=1,
+    def test_an_adoption_keeps_the_admission_the_record_and_the_deadline(self):
+        port, factory = yield self.startLean(authenticators=[_ProtectingFactory()], max_sessions=1,
                                              negotiation_timeout=5)
-        sessions: list[Any] = []
-        handed: Deferred[Any] = Deferred()
-        started = factory.context.sessionStarted
+        started: list[Any] = []
+        start = factory.context.sessionStarted
 
         def sessionStarted(session: Any) -> None:
-            started(session)
-            sessions.append(session)
-            if not isinstance(session, LeanSession):
-                handed.callback(session)
+            start(session)
+            started.append(session)
 
         factory.context.sessionStarted = sessionStarted  # type: ignore[method-assign]
         client = yield self.connectRaw(port)
-        client.transport.write(b"\x05\x01\x00")  # method none, but one that answers later: handed off
-        session = yield handed
-        lean = sessions[0]
-        self.assertIsInstance(lean, LeanSession)
-        self.assertIs(session.record, lean.record)  # started at accept, not at the hand-off
+        client.transport.write(b"\x05\x01\x00")  # a method with a protection: adopted
+        self.assertEqual((yield client.waitFor(2)), b"\x05\x00")
+        [session] = started  # started once, at accept
+        self.assertIsInstance(session.io, SOCKS5ServerProtocol)
+        self.assertEqual(session.record.protection, "reversed")
         self.assertEqual(factory.context.limits.sessions, 1)  # admitted once
         self.assertEqual(factory.context.limits.negotiating, 1)
         deadline = session._negotiation_timer.getTime()
-        self.assertLess(abs(deadline - (lean.record.started + 5)), 0.01)
-        self.assertEqual((yield client.waitFor(2)), b"\x05\x00")
+        self.assertLess(abs(deadline - (session.record.started + 5)), 0.01)
+        # The Twisted driver carries on: the request and the tunnel go through the protection.
+        request = Request(Command.CONNECT, Address.of("127.0.0.1", self.echo_port)).serialize()
+        client.transport.write(request[::-1])
+        received = yield client.waitFor(12)
+        self.assertEqual(received[2:12][::-1][:2], b"\x05\x00")
+        self.assertIsInstance(session.relay, Relay)
+        self.assertEqual(factory.context.limits.negotiating, 0)
 
     @inlineCallbacks
-    def test_a_hand_off_that_fails_still_logs_the_session(self):
+    def test_an_adoption_that_fails_still_logs_the_session(self):
         def refuse(*args: Any) -> None:
             raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
 
         port, factory = yield self.startLean()
         self.patch(reactor, "adoptStreamConnection", refuse)
         client = yield self.connectRaw(port)
-        client.transport.write(b"\x05\x01\x02")  # method 02 only: handed off
+        client.transport.write(b"\x05\x01\x00" + Request(Command.BIND, Address.of("127.0.0.1", 0)).serialize())
         yield client.lost
         yield factory.context.whenDrained()
-        self.sessionLine("client closed during negotiation")
+        self.assertIn("command=bind", self.sessionLine("client closed during negotiation"))
         self.assertEqual(factory.context.limits.sessions, 0)
         self.assertTrue([line for line in self.logs if "could not hand a connection from" in line])
-
-    @inlineCallbacks
-    def test_an_unsupported_command_gets_the_protocols_07(self):
-        port, factory = yield self.startLean()
-        client, received, _ = yield self.handedOff(
-            port, factory, b"\x05\x01\x00" + b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50", 12)
-        self.assertEqual(received[:4], b"\x05\x00\x05\x07")
-        yield client.lost
-        self.assertIn("method=none", self.sessionLine("bad request: "))
 
 
 class LeanEndpointTests(SynchronousTestCase):

@@ -509,7 +509,7 @@ class UDPQueueTests(SynchronousTestCase):
         for index in range(100):
             datagram = UDPDatagram(0, Address.of(f"host{index}.test", 53), b"q" * 1000).serialize()
             client_side.protocol.datagramReceived(datagram, client)
-        association = protocol._command_handler
+        association = protocol.machine._command_handler
         self.assertEqual(len(resolver.asked), 64)
         self.assertEqual(association.dropped, 36)
         protocol.connectionLost(Failure(ierror.ConnectionDone()))

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.helpers.harness import ServerHarness, connect_request
 from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
-from txsocksgss.server.protocol import SessionState, _writeNow
+from txsocksgss.server.protocol import SessionState, write_now
 from txsocksgss.server.rules import rules_from_table
 from txsocksgss.wire.socks5 import (
     Address,
@@ -82,7 +82,7 @@ class UserPassTests(SynchronousTestCase):
         harness.send(b"\x05\x01\x02")
         harness.send(UserPassRequest(b"alice", b"s3cret").serialize())
         self.assertEqual(harness.take(), b"\x05\x02\x01\x00")
-        self.assertEqual(harness.protocol.identity.user, "alice")
+        self.assertEqual(harness.protocol.machine.identity.user, "alice")
         self.assertIs(harness.protocol.state, SessionState.REQUEST)
 
     def test_bad_password_status_and_close(self) -> None:
@@ -358,7 +358,7 @@ class HostileInputTests(SynchronousTestCase):
 
 
 class DirectWriteTests(SynchronousTestCase):
-    """`_writeNow`: replies go onto the socket at once, the rest through the transport, in order."""
+    """`write_now`: replies go onto the socket at once, the rest through the transport, in order."""
 
     def connection(self) -> tuple[Connection, socket.socket]:
         ours, peer = socket.socketpair()
@@ -370,15 +370,15 @@ class DirectWriteTests(SynchronousTestCase):
 
     def test_a_reply_is_on_the_socket_at_once(self) -> None:
         transport, peer = self.connection()
-        self.assertTrue(_writeNow(transport, b"\x05\x00"))
+        self.assertTrue(write_now(transport, b"\x05\x00"))
         self.assertEqual(peer.recv(16), b"\x05\x00")
         self.assertEqual(transport._tempDataLen, 0)
 
     def test_what_the_socket_does_not_take_waits_in_the_transport_in_order(self) -> None:
         transport, peer = self.connection()
         body = bytes(range(256)) * 32 * 1024  # 8 MiB: more than a socket buffer holds
-        self.assertFalse(_writeNow(transport, body))
-        self.assertFalse(_writeNow(transport, b"after"))  # behind the buffered rest, not on the socket
+        self.assertFalse(write_now(transport, body))
+        self.assertFalse(write_now(transport, b"after"))  # behind the buffered rest, not on the socket
         peer.setblocking(False)
         received = bytearray()
         while len(received) < len(body) + 5:
@@ -391,7 +391,7 @@ class DirectWriteTests(SynchronousTestCase):
 
     def test_a_string_transport_is_written_the_ordinary_way(self) -> None:
         transport = StringTransport()
-        self.assertFalse(_writeNow(transport, b"\x05\x00"))
+        self.assertFalse(write_now(transport, b"\x05\x00"))
         self.assertEqual(transport.value(), b"\x05\x00")
 
 

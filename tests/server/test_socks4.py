@@ -62,7 +62,7 @@ class SOCKS4UnitTests(SynchronousTestCase):
         harness.complete_connect()
         self.assertEqual(harness.take(), b"\x00\x5a\x15\xb3\xc0\x00\x02\x07")  # 192.0.2.7:5555
         self.assertEqual(harness.protocol.record.version, 4)
-        self.assertEqual(harness.protocol.identity.user, "alice")
+        self.assertEqual(harness.protocol.machine.identity.user, "alice")
 
     def test_socks4a_name_resolved_by_the_server(self):
         harness = socks4_harness(names={"example.test": ["192.0.2.9"]})
@@ -111,7 +111,7 @@ class SOCKS4UnitTests(SynchronousTestCase):
         harness.context.ident = checker
         harness.send(socks4_request(userid=b"alice"))
         self.assertEqual(checker.asked, [(("127.0.0.1", 40000), ("127.0.0.1", 1080), "alice")])
-        self.assertEqual(harness.protocol.identity.user, "alice-from-identd")
+        self.assertEqual(harness.protocol.machine.identity.user, "alice-from-identd")
 
     def test_bind(self):
         harness = socks4_harness()

@@ -331,7 +331,7 @@ class CopyPhaseTests(IntegrationTestCase):
         self.assertEqual(session.record.outcome, "closed")
         self.assertEqual((session.record.bytes_from_client, session.record.bytes_to_client), (4, 4))
         self.assertTrue(relay.closed_at_once)
-        self.assertIsNone(session._linger)
+        self.assertIsNone(session.io._linger)
 
     @inlineCallbacks
     def test_past_the_copy_limit_bytes_go_through_a_pipe(self):

@@ -15,17 +15,16 @@ REP 06 (TTL expired).
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from txsocksgss.interfaces import ICommand
 from txsocksgss.server.relay import UpstreamProtocol
 from txsocksgss.wire.socks5 import Address, ReplyCode
-
-if TYPE_CHECKING:
-    from txsocksgss.server.protocol import SOCKS5ServerProtocol
 
 __all__ = ["BindCommand"]
 
@@ -39,10 +38,17 @@ def _is_unspecified(host: str) -> bool:
         return False
 
 
+@implementer(ICommand)
 class BindCommand:
-    """The BIND command of one session; ``session`` is the client's protocol."""
+    """
+    The BIND command of one session.  ``session`` is its command context,
+    the session machine (`txsocksgss.server.negotiation.SessionMachine`):
+    its ``context`` (reactor, guard, idle timeout), ``record``,
+    `resolveAllowed`, `listeningInterface`, `sendReply`, `startRelay`,
+    `closeWith`, `commandFailed` and `trackPending`.
+    """
 
-    def __init__(self, session: "SOCKS5ServerProtocol", destination: Address) -> None:
+    def __init__(self, session: Any, destination: Address) -> None:
         self.session = session
         self.destination = destination
         self._expected: set[str] | None = None
@@ -54,7 +60,7 @@ class BindCommand:
     def start(self) -> None:
         d = self.session.resolveAllowed("bind", self.destination)
         d.addCallback(self._listen)
-        d.addErrback(self.session._commandFailed)
+        d.addErrback(self.session.commandFailed)
         self.session.trackPending(d)
 
     def _listen(self, allowed: list[str]) -> None:

@@ -33,6 +33,9 @@ from twisted.internet.interfaces import IDelayedCall, IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsocksgss.interfaces import IConnector
+from txsocksgss.wire.socks5 import Address
+
 __all__ = ["DirectConnector"]
 
 # EAGAIN from a TCP connect means no local port is free (Linux), not "in progress".
@@ -43,21 +46,23 @@ def _connect_error(number: int) -> Failure:
     return Failure(ierror.getConnectError((number, os.strerror(number))))
 
 
-@implementer(IReadWriteDescriptor)
+@implementer(IReadWriteDescriptor, IConnector)
 class DirectConnector:
     """
     Connects to ``addresses`` (IP address strings) in order on ``port``,
     each with a non-blocking connect watched by ``reactor`` (an
     IReactorFDSet) when it does not finish at once, for at most ``timeout``
-    seconds each if given.  Calls ``onConnected(socket)`` on the first
-    success (the caller owns the socket from then on), else
+    seconds each if given.  Calls ``onConnected(socket, bound)`` (``bound``:
+    the socket's local `Address`) on the first success: the caller owns the
+    socket from then on, unless it returns False (then the socket is
+    closed); else
     ``onFailed(failure)`` with the last failure (a ConnectError, as
     connectTCP's).  `cancel` stops the attempt under way; nothing is
     reported after it.
     """
 
     def __init__(self, reactor: Any, addresses: list[str], port: int, timeout: float | None,
-                 onConnected: Callable[[socket.socket], None], onFailed: Callable[[Failure], None]) -> None:
+                 onConnected: Callable[[socket.socket, Address], bool], onFailed: Callable[[Failure], None]) -> None:
         self._reactor = reactor
         self._remaining = addresses
         self._port = port
@@ -177,7 +182,12 @@ class DirectConnector:
         assert sock is not None
         self._fd = -1
         self._finished = True
-        self._onConnected(sock)
+        try:
+            host, port = sock.getsockname()[:2]
+        except OSError:  # reset already: the tunnel meets the error
+            host, port = "0.0.0.0", 0
+        if not self._onConnected(sock, Address.of(host, port)):
+            self._reactor.callLater(0, sock.close)
 
     def _failed(self, reason: Failure) -> None:
         self._discard()

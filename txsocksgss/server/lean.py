@@ -1,42 +1,35 @@
 """
-The lean accept path of a plain TCP listener: the common session (method
-none, CONNECT, spliced) on bare sockets; every other session handed to
-`txsocksgss.server.protocol.SOCKS5ServerProtocol` as it stands.
+The bare-socket driver of the SOCKS session machine, and the lean listener
+of plain TCP listeners that uses it.
 
 Theory of operation.  Twisted's accept path builds a transport and a
 protocol per connection, and a short spliced tunnel spends more CPU in
 them (their construction, their dispatch of each read, their close) than
 in its own work.  `LeanListener` is a listening socket registered with the
-reactor like Twisted's own port; each connection it accepts becomes a
-`LeanSession`, one small object registered for reading its socket, which
-parses the greeting and the request with the same sans-IO codecs
-(`txsocksgss.wire.socks5`) and asks the same limits, guard and policy as
-the protocol:
+reactor like Twisted's own port; each connection it accepts gets a
+`BareSocketDriver`, one small object registered for reading its socket,
+which drives the same `txsocksgss.server.negotiation.SessionMachine` as the
+Twisted driver (`txsocksgss.server.protocol.SOCKS5ServerProtocol`): the
+same admission, methods, requests, replies, timeouts and session lines.
 
-- greeting: if the method the server would choose is ``none`` (its
-  authenticator succeeds at once, with nothing to send and no
-  protection), the session answers and goes on; anything else (another
-  method, no acceptable one, SOCKS 4, a malformed greeting) is *handed
-  off* before a byte is sent: the connection is given to Twisted
-  (``adoptStreamConnection``) with the listener's factory, and the
-  protocol is fed the bytes received so far, so it sees the connection as
-  if it had accepted it itself.
-- request: a CONNECT is judged, connected with
-  `txsocksgss.server.direct.DirectConnector` (after resolving a name) and
-  spliced (`txsocksgss.server.splice.SpliceRelay`, taking the session's
-  registration over); anything else (BIND, UDP ASSOCIATE, a malformed or
-  unsupported request) is handed off after the method: the protocol
-  resumes from the method's result (`SOCKS5ServerProtocol.resumeAfterMethod`)
-  and parses the request itself.
+The driver does what a bare socket can: it reads, sends short messages
+(the socket's empty buffer takes them), connects with
+`txsocksgss.server.direct.DirectConnector` and splices the tunnel
+(`txsocksgss.server.splice.SpliceRelay`, which takes the driver's epoll
+registration over).  Asked for anything else (a protection to install, a
+BIND or UDP ASSOCIATE to open, a send the socket does not take at once) it
+*adopts* the connection into a Twisted driver built by the listener's
+factory (``adoptStreamConnection``), gives that driver the machine
+(`SOCKS5ServerProtocol.adopt`), and the session carries on there with its
+admission, record, buffer and deadline.  So the bare driver serves every
+session whose tunnel needs no protection: method none, username/password,
+MAF, GSS-API at level clear, SOCKS 4.
 
-A handed-off connection keeps its session: the protocol takes over its
-admission, its record (from the time of accept) and its negotiation
-deadline (`txsocksgss.server.protocol.Handover`), and logs it.  Replies,
-outcomes in the session line, timeouts and limits are those of the
-protocol.  The listener is hardened as Twisted's port is: an accept error
-of one connection does not stop the others, and running out of
-descriptors pauses accepting for a moment instead of spinning.  The listener is only used where splicing is (Linux, an
-epoll reactor, ``splice`` on): see `lean_available`.
+The listener is hardened as Twisted's port is: an accept error of one
+connection does not stop the others, and running out of descriptors
+pauses accepting for a moment instead of spinning.  The listener is only
+used where splicing is (Linux, an epoll reactor, ``splice`` on): see
+`lean_available`.
 """
 
 from __future__ import annotations
@@ -44,10 +37,10 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReadDescriptor, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -55,44 +48,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsocksgss.auth.conversation import ANONYMOUS, AuthResult, AuthStep, SessionInfo
-from txsocksgss.auth.none import NoAuthServerFactory
-from txsocksgss.errors import ProtocolError
+from txsocksgss.interfaces import ISessionIO, IStreamProtection
+from txsocksgss.server.config import split_endpoint_description
 from txsocksgss.server.direct import DirectConnector
-from txsocksgss.server.limits import Refusal
-from txsocksgss.server.outbound import ip_literal, resolve
-from txsocksgss.server.protocol import (
-    _CONNECT_TIMEOUT,
-    Handover,
-    _EARLY_DATA_LIMIT,
-    _NEGOTIATION_BUFFER_LIMIT,
-    _format_destination,
-    allowed_addresses,
-    decide_access,
-    failure_outcome,
-    log_refusal,
-)
-from txsocksgss.server.rules import AccessRequest
-from txsocksgss.server.session import SessionRecord
+from txsocksgss.server.negotiation import SessionMachine
 from txsocksgss.server.splice import EPollReactor, SpliceRelay, reset_on_close
-from txsocksgss.wire.reader import MessageBuffer
-from txsocksgss.wire.socks4 import SOCKS4_VERSION
-from txsocksgss.wire.socks5 import (
-    Address,
-    AuthMethod,
-    Command,
-    MethodSelection,
-    Reply,
-    ReplyCode,
-    parse_greeting,
-    parse_request,
-)
 
-__all__ = ["LeanListener", "LeanSession", "LeanTCPServerEndpoint", "lean_available", "lean_endpoint"]
+__all__ = ["BareSocketDriver", "LeanListener", "LeanTCPServerEndpoint", "lean_available", "lean_endpoint"]
 
 _log = Logger()
 
-_UNSPECIFIED = Address.of("0.0.0.0", 0)
 # Accepts per readable event at most, as Twisted's own port.
 _ACCEPTS_PER_EVENT = 100
 # accept() errors that say "no more now", not "this connection failed".
@@ -103,11 +68,9 @@ _ACCEPT_RETRY = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO, errno.ENETDOWN, 
                  errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH)
 # How long the listener stops accepting when out of descriptors or memory.
 _ACCEPT_PAUSE = 0.1
-
-_GREETING, _REQUEST, _CONNECTING, _RELAYING, _DONE = range(5)
-# How method none (the stock NoAuthServerFactory) ends, at once.
-_NO_AUTHENTICATION = AuthResult.success(ANONYMOUS)
-_STATE_NAMES = {_GREETING: "greeting", _REQUEST: "request"}
+# The most one read takes during the negotiation (a GSS-API token is larger
+# than a greeting; the machine's buffer caps what may wait).
+_READ_SIZE = 16384
 
 
 class _Given(Factory):
@@ -137,7 +100,7 @@ def _address_object(family: int, pair: tuple[Any, ...]) -> IPv4Address | IPv6Add
 class LeanListener:
     """
     A listening TCP socket (bound, listening, non-blocking) whose
-    connections become `LeanSession` objects; ``factory`` is the server's
+    connections get a `BareSocketDriver` each; ``factory`` is the server's
     `txsocksgss.server.service.ManagedServerFactory` (its context, its
     observers, and the protocols of handed-off connections).
     """
@@ -209,7 +172,7 @@ class LeanListener:
                 return
             try:
                 sock.setblocking(False)
-                LeanSession(self, sock, peer).start()
+                BareSocketDriver(self, sock, peer).start()
             except Exception:
                 _log.failure("could not start a session")
                 sock.close()
@@ -231,9 +194,12 @@ class LeanListener:
             self.reactor.addReader(self)
 
 
-@implementer(IReadDescriptor)
-class LeanSession:
-    """One connection accepted by a `LeanListener`; see the module docstring."""
+@implementer(IReadDescriptor, ISessionIO)
+class BareSocketDriver:
+    """
+    The `ISessionIO` of one connection accepted by a `LeanListener`, on its
+    bare socket; see the module docstring.
+    """
 
     def __init__(self, listener: LeanListener, sock: socket.socket, peer: tuple[Any, ...]) -> None:
         self.listener = listener
@@ -242,18 +208,10 @@ class LeanSession:
         self.sock = sock
         self._fd = sock.fileno()
         self.peer = peer
-        self.state = _GREETING
-        self.record: SessionRecord | None = None
+        self.machine = SessionMachine(self.context, self, listener.factory.observers)
         self.relay: SpliceRelay | None = None
-        self._buffer = MessageBuffer(limit=_NEGOTIATION_BUFFER_LIMIT)
-        self._ticket: Any = None
-        self._timer: Any = None
         self._reading = False
-        self._method: Any = None
-        self._result: AuthResult | None = None
-        self._outgoing: DirectConnector | None = None
-        self._pending: Deferred[Any] | None = None
-        self._phase = ""
+        self._registered = False
 
     # -- reactor ---------------------------------------------------------------
 
@@ -261,292 +219,124 @@ class LeanSession:
         return self._fd
 
     def logPrefix(self) -> str:
-        return "LeanSession"
+        return "BareSocketDriver"
 
     def start(self) -> None:
-        """Admit the connection (or refuse it), start the negotiation timer and read."""
+        """Begin the session (admitted or refused) and read."""
         host, port = self.peer[0], self.peer[1]
         if len(self.peer) == 4 and self.peer[3]:
             # A link-local IPv6 peer: with its scope (fe80::1%eth0), as Twisted shows it.
             host = socket.getnameinfo(self.peer, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
             self.peer = (host, port)
-        client = _format_destination(host, port)
-        now = self.reactor.seconds()
-        admission = self.context.limits.admit(host, now)
-        if isinstance(admission, Refusal):
-            self.state = _DONE
-            log_refusal(self.context, client, admission, now)
-            reset_on_close(self.sock)
-            self.sock.close()  # never registered: no event can be pending for it
-            return
-        self._ticket = admission
-        self.record = SessionRecord(client=client, started=now)
-        self.record.observers.extend(self.listener.factory.observers)
-        self.context.sessionStarted(self)
-        self._timer = self.reactor.callLater(self.context.negotiation_timeout, self._timedOut)
-        self._reading = True
-        self.reactor.addReader(self)
+        fixed = self.listener.fixedHost
+        server = fixed if fixed is not None else self.sock.getsockname()[:2]
+        if self.machine.begin((host, port), server):
+            self._reading = self._registered = True
+            self.reactor.addReader(self)
 
     def doRead(self) -> None:
         try:
-            data = self.sock.recv(_NEGOTIATION_BUFFER_LIMIT)
+            data = self.sock.recv(_READ_SIZE)
         except BlockingIOError:
             return
         except OSError:
             data = b""
-        if not data:
-            self._close("client closed during negotiation")
-            return
-        self._buffer.feed(data)
-        if self.state == _CONNECTING:
-            if len(self._buffer) > _EARLY_DATA_LIMIT:
-                self._close("client sent too much data before the reply", ReplyCode.GENERAL_FAILURE)
-            return
-        if self.state == _GREETING:
-            self._greeting()
-        if self.state == _REQUEST and len(self._buffer):
-            self._request()
+        if data:
+            self.machine.dataReceived(data)
+        else:
+            self.machine.eofReceived()
 
     def connectionLost(self, reason: Failure) -> None:
         # An error or hang-up event (the reactor has unregistered us).
         self._reading = False
-        self._close("client closed during negotiation")
+        self.machine.connectionLost()
 
-    # -- negotiation -------------------------------------------------------------
+    # -- ISessionIO ------------------------------------------------------------
 
-    def _greeting(self) -> None:
-        if self._buffer.peek() == SOCKS4_VERSION:
-            self._handOff()
-            return
-        received = self._buffer.contents()  # for a hand-off after the greeting is parsed
+    def send(self, data: bytes) -> None:
+        """Onto the socket; what its buffer does not take at once goes through a Twisted driver, in order."""
         try:
-            greeting = self._buffer.next(parse_greeting)
-        except ProtocolError:
-            self._handOff()  # the protocol answers a malformed greeting its own way
-            return
-        if greeting is None:
-            return
-        offered = greeting.methods
-        chosen = next((f for f in self.context.authenticators if f.method in offered), None)
-        if chosen is None or chosen.method != AuthMethod.NONE:
-            self._handOff(received)
-            return
-        if type(chosen) is NoAuthServerFactory:
-            result: AuthResult | None = _NO_AUTHENTICATION  # what its conversation always ends with
-        else:
-            fixed = self.listener.fixedHost
-            server = fixed if fixed is not None else self.sock.getsockname()[:2]
-            info = SessionInfo(client=(self.peer[0], self.peer[1]), server=server)
-            step = chosen.buildAuthenticator(info).begin()
-            result = step.result if isinstance(step, AuthStep) and not step.send and not step.unused else None
-        if result is None or not result.succeeded or result.protection is not None or result.identity is None:
-            self._handOff(received)  # not what method none does here: the protocol runs it
-            return
-        self._method, self._result = chosen, result
-        assert self.record is not None
-        self.record.method = chosen.name
-        self.record.user = result.identity.user
-        self._send(MethodSelection(chosen.method).serialize())
-        self.state = _REQUEST
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the error shows on the next read
+        if sent < len(data):
+            protocol = self._adopt()
+            if protocol is not None:
+                protocol.transport.write(data[sent:])
 
-    def _request(self) -> None:
-        received = self._buffer.contents()  # for a hand-off after the request is parsed
-        try:
-            request = self._buffer.next(parse_request)
-        except ProtocolError:
-            self._handOff(received, resume=True)  # unsupported command or address type, malformed: the protocol's reply
-            return
-        if request is None:
-            return
-        if request.command is not Command.CONNECT:
-            self._handOff(received, resume=True)
-            return
-        assert self.record is not None
-        self.state = _CONNECTING
-        self._buffer.limit = _EARLY_DATA_LIMIT
-        destination = request.destination
-        self.record.command = "connect"
-        self.record.destination = _format_destination(destination.host, destination.port)
-        literal = ip_literal(destination.host)
-        if literal is not None:
-            self._connectTo(destination, [literal])
-            return
-        self._phase = f"resolving {destination.host}"
-        d = resolve(self.context.resolver, destination.host, destination.port)
-        d.addCallbacks(self._resolved, self._failed, callbackArgs=(destination,))
-        self._pending = d
+    def installProtection(self, protection: IStreamProtection) -> None:
+        protocol = self._adopt()
+        if protocol is not None:
+            protocol.installProtection(protection)
 
-    def _resolved(self, addresses: list[str], destination: Address) -> None:
-        self._pending = None
-        if self.state == _CONNECTING:
-            self._connectTo(destination, addresses)
+    def connect(self, addresses: list[str], port: int, timeout: float | None,
+                onConnected: Callable[..., bool], onFailed: Callable[[Failure], None]) -> DirectConnector:
+        return DirectConnector(self.reactor, addresses, port, timeout, onConnected, onFailed)
 
-    def _connectTo(self, destination: Address, addresses: list[str]) -> None:
-        assert self._result is not None and self._result.identity is not None and self.record is not None
-        identity = self._result.identity
-        client = self.record.client
-
-        def decide(address: str) -> Any:
-            return decide_access(self.context, AccessRequest(
-                client=self.peer[0], command="connect", destination_host=destination.host,
-                destination_port=destination.port, destination_address=address, user=identity.user,
-                method=self._method.name, version=5, attributes=dict(identity.attributes)), client)
-
-        try:
-            allowed = allowed_addresses(decide, addresses)
-        except Exception:
-            self._failed(Failure())
-            return
-        timeout = _CONNECT_TIMEOUT if self.context.negotiation_timeout > _CONNECT_TIMEOUT else None
-        self._outgoing = DirectConnector(self.reactor, allowed, destination.port, timeout,
-                                         self._connected, self._failed)
-        self._outgoing.start()
-
-    def _failed(self, failure: Failure) -> None:
-        self._pending = None
-        self._outgoing = None
-        if self.state != _CONNECTING or failure.check(CancelledError):
-            return
-        assert self.record is not None
-        self._close(*failure_outcome(failure, self.record.destination))
-
-    def _connected(self, upstream: socket.socket) -> None:
-        """Reply, and splice the client's socket (registration and all) with ``upstream``."""
-        self._outgoing = None
-        if self.state != _CONNECTING:
-            upstream.close()
-            return
-        try:
-            bound_host, bound_port = upstream.getsockname()[:2]
-        except OSError:  # reset already
-            bound_host, bound_port = _UNSPECIFIED.host, 0
-        self._endNegotiation()
-        self.state = _RELAYING
-        reply = self._reply(ReplyCode.SUCCEEDED, Address.of(bound_host, bound_port))
+    def openTunnel(self, upstream: Any, reply: bytes, onEnd: Callable[[str], None]) -> tuple[SpliceRelay, bytes]:
+        """Splice the client's socket (registration and all) with ``upstream``, a bare socket."""
         try:
             sent = self.sock.send(reply)
         except OSError:
             sent = 0  # the relay, sending it again, meets the error
         self._reading = False  # the relay's socket takes the registration over
-        self.relay = SpliceRelay(self.sock, upstream, self.reactor, self.context.idle_timeout, self._relayEnded,
-                                 reader=self)
-        self.relay.start(toUpstream=self._buffer.take_all(), toClient=reply[sent:])
+        self.relay = SpliceRelay(self.sock, upstream, self.reactor, self.context.idle_timeout, onEnd, reader=self)
+        return self.relay, reply[sent:]
 
-    def _relayEnded(self, outcome: str) -> None:
-        assert self.record is not None and self.relay is not None
-        self.state = _DONE
-        self.record.bytes_from_client = self.relay.bytes_from_client
-        self.record.bytes_to_client = self.relay.bytes_from_upstream
-        self.record.finish(self.reactor.seconds(), outcome)
-        self._ticket.release()
-        self.context.sessionEnded(self)
+    def tunnelEnded(self, tunnel: Any) -> None:
+        # The relay closes both sockets itself.
+        self.machine.connectionLost()
 
-    # -- endings -----------------------------------------------------------------
+    def openBind(self, context: Any, destination: Any) -> Any:
+        protocol = self._adopt()
+        return protocol.openBind(context, destination) if protocol is not None else None
 
-    def _timedOut(self) -> None:
-        self._timer = None
-        if self.state == _CONNECTING:
-            phase = self._outgoing.describe() if self._outgoing is not None else self._phase
-            self._close(f"negotiation timeout while {phase}", ReplyCode.TTL_EXPIRED)
+    def openUDP(self, context: Any, declared: Any) -> Any:
+        protocol = self._adopt()
+        return protocol.openUDP(context, declared) if protocol is not None else None
+
+    def close(self, abort: bool) -> None:
+        self._stopReading()
+        if abort:
+            reset_on_close(self.sock)
+        if self._registered:
+            # Not within this batch of events (see SpliceRelay._end).
+            self.reactor.callLater(0, self.sock.close)
         else:
-            self._close(f"negotiation timeout in {_STATE_NAMES.get(self.state, 'request')}")
+            self.sock.close()  # never registered: no event can be pending for it
+        self.machine.connectionLost()
 
-    def shutdown(self) -> None:
-        """Close this session now, whatever its state (server shutdown)."""
-        if self.relay is not None:
-            self.relay.close("server shutdown")
-        else:
-            self._close("server shutdown", abort=True)
+    # -- adoption ----------------------------------------------------------------
 
-    def _endNegotiation(self) -> None:
-        """The first reply, or the end: stop the negotiation timer, leave the negotiating count."""
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-        if self._ticket is not None:
-            self._ticket.negotiated()
-
-    def _stopWork(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.cancel()
-        outgoing, self._outgoing = self._outgoing, None
-        if outgoing is not None:
-            outgoing.cancel()
+    def _stopReading(self) -> None:
         if self._reading:
             self._reading = False
             self.reactor.removeReader(self)
 
-    def _close(self, outcome: str, reply: ReplyCode | None = None, abort: bool = False) -> None:
-        """End the session before the relay: the reply owed, the log line, the close (next turn; ``abort``: a reset)."""
-        if self.state in (_RELAYING, _DONE):
-            return
-        self.state = _DONE
-        self._stopWork()
-        if reply is not None:
-            self._send(self._reply(reply, _UNSPECIFIED))
-        assert self.record is not None
-        self.record.finish(self.reactor.seconds(), outcome)
-        if abort:
-            reset_on_close(self.sock)
-        # Not within this batch of events (see SpliceRelay._end).
-        self.reactor.callLater(0, self.sock.close)
-        self._ticket.release()
-        self.context.sessionEnded(self)
-
-    def _handOff(self, received: bytes | None = None, resume: bool = False) -> None:
+    def _adopt(self) -> Any:
         """
-        Give the connection to the protocol, with the session as it stands
-        (`Handover`: the admission, still negotiating; the record; the
-        deadline): before anything was sent (it gets every byte received:
-        ``received``, else the buffer), or after the method (``resume``: it
-        goes on from the method's result with the bytes after the greeting).
+        Give the connection, with the machine, to a Twisted driver built by
+        the listener's factory; return it (None if Twisted could not take
+        the connection: the session is then closed).
         """
-        assert self.record is not None
-        self.state = _DONE
-        self._stopWork()
-        data = received if received is not None else self._buffer.take_all()
-        record = self.record
-        record.observers.clear()  # the protocol adds them again
+        self._stopReading()
+        machine = self.machine
         protocol = self.listener.factory.buildProtocol(_address_object(self.sock.family, self.peer))
-        protocol.handover = Handover(self._ticket, record, record.started + self.context.negotiation_timeout)
+        protocol.adopt(machine)
         try:
             # The transport has its own duplicate of the descriptor.
             self.reactor.adoptStreamConnection(self._fd, self.sock.family, _Given(protocol))
         except Exception as error:
             why = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else repr(error)
-            _log.info("could not hand a connection from {client} over: {why}", client=record.client, why=why)
-            record.observers.extend(self.listener.factory.observers)
-            record.finish(self.reactor.seconds(), "client closed during negotiation")
-            self._ticket.release()
-            return
-        finally:
-            self.reactor.callLater(0, self.sock.close)
-            self.context.sessionEnded(self)
-        if resume:
-            assert self._method is not None and self._result is not None
-            protocol.resumeAfterMethod(self._method, self._result, data)
-        elif data:
-            protocol.dataReceived(data)
-
-    # -- helpers -----------------------------------------------------------------
-
-    def _reply(self, code: ReplyCode, bound: Address) -> bytes:
-        assert self.record is not None
-        self.record.markReplied(self.reactor.seconds())
-        return Reply(code, bound).serialize()
-
-    def _send(self, data: bytes) -> None:
-        """A reply of a few bytes: the socket's empty buffer takes it; an error shows on the next read."""
-        try:
-            self.sock.send(data)
-        except OSError:
-            pass
+            _log.info("could not hand a connection from {client} over: {why}",
+                      client=machine.record.client if machine.record else "-", why=why)
+            machine.adopt(self)
+            machine.close("client closed during negotiation")
+            return None
+        self.reactor.callLater(0, self.sock.close)
+        return protocol
 
 
 @implementer(IStreamServerEndpoint)
@@ -594,8 +384,6 @@ def lean_endpoint(reactor: Any, description: str, reuse_port: bool) -> LeanTCPSe
     description (``PORT``, ``interface=``, ``backlog=``), None for any other
     kind (ssl:, haproxy:, unix: and the rest keep Twisted's endpoints).
     """
-    from txsocksgss.server.config import split_endpoint_description
-
     kind, positional, keywords = split_endpoint_description(description)
     if kind not in ("tcp", "tcp6") or set(keywords) - {"port", "interface", "backlog"}:
         return None

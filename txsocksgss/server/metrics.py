@@ -43,6 +43,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from txsocksgss._twisted_internals import raise_listen_errors
 from txsocksgss.server.session import SessionRecord
 from txsocksgss.wire.socks5 import ReplyCode
 
@@ -283,5 +284,5 @@ def metricsService(reactor: Any, description: str, registry: CollectorRegistry) 
     """
     service = StreamServerEndpointService(serverFromString(reactor, description),
                                           _QuietSite(MetricsResource(registry)))
-    service._raiseSynchronously = True
+    raise_listen_errors(service)
     return service

@@ -25,11 +25,13 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsocksgss.interfaces import ITunnel
 from txsocksgss.server.idle import IdleTimer
 
 __all__ = ["Relay", "UpstreamProtocol"]
 
 
+@implementer(ITunnel)
 class Relay:
     """
     Joins ``client`` and ``upstream`` transports; see the module docstring.
@@ -47,8 +49,10 @@ class Relay:
         clock: IReactorTime,
         idle_timeout: float | None,
         onEnd: Callable[[str], None],
+        upstreamProtocol: "UpstreamProtocol | None" = None,
     ) -> None:
         self.client = client
+        self._upstream_protocol = upstreamProtocol
         self.upstream = upstream
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
@@ -61,11 +65,22 @@ class Relay:
         #: written what it holds, which a client that never reads can delay.
         self.closed_at_once = False
 
-    def start(self) -> None:
-        """Register the flow control both ways and arm the idle timer."""
+    def start(self, toUpstream: bytes = b"", toClient: bytes = b"") -> None:
+        """
+        Register the flow control both ways and arm the idle timer; then
+        ``toClient`` (the rest of the reply, not tunnel bytes) and
+        ``toUpstream`` (what the client sent early) go first, and the
+        upstream protocol (if given) feeds the relay what it holds.
+        """
         self.upstream.registerProducer(self.client, True)  # type: ignore[attr-defined]
         self.client.registerProducer(self.upstream, True)  # type: ignore[attr-defined]
         self._idle.start()
+        if toClient:
+            self.client.write(toClient)
+        if toUpstream:
+            self.fromClient(toUpstream)
+        if self._upstream_protocol is not None:
+            self._upstream_protocol.attach(self)
 
     def fromClient(self, data: bytes) -> None:
         self._idle.active = True

@@ -37,6 +37,7 @@ from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
 from txsocksgss.errors import ConfigError
 from txsocksgss.interfaces import IServerAuthenticatorFactory
 from txsocksgss.server.config import Config, endpoint_is_loopback
+from txsocksgss._twisted_internals import listening_port, probe, raise_listen_errors
 from txsocksgss.server.lean import lean_available, lean_endpoint
 from txsocksgss.wire.socks5 import AuthMethod
 from txsocksgss.server.protocol import ServerContext, SOCKS5ServerProtocol, SOCKSServerFactory
@@ -117,29 +118,6 @@ def _buildMethod(name: str, config: Config, checkers: Iterable[ICredentialsCheck
     raise ConfigError(f"unknown method {name!r}")  # validate() has already refused unknown names
 
 
-class _ObservedProtocol(SOCKS5ServerProtocol):
-    """
-    `SOCKS5ServerProtocol` that hands its `SessionRecord` to the factory's
-    session observers and marks the first reply on it (for the handshake
-    latency): the two session events the protocol does not report itself.
-    """
-
-    def __init__(self, context: ServerContext, observers: list[SessionObserver]) -> None:
-        super().__init__(context)
-        self._observers = observers
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        if self.record is not None:
-            self.record.observers.extend(self._observers)
-
-    def _reply(self, code: Any, bound: Any) -> bytes:
-        # Every reply, success or failure, SOCKS 5 or 4, is built here right before it is written.
-        if self.record is not None:
-            self.record.markReplied(self.context.reactor.seconds())
-        return super()._reply(code, bound)
-
-
 class ManagedServerFactory(SOCKSServerFactory):
     """
     The `SOCKSServerFactory` `makeServerFactory` builds, with what a running
@@ -151,14 +129,14 @@ class ManagedServerFactory(SOCKSServerFactory):
     def __init__(self, context: ServerContext, password_checkers: Iterable[PasswordFileChecker] = ()) -> None:
         self.observers: list[SessionObserver] = []
         self.password_checkers = tuple(password_checkers)
-        super().__init__(context, lambda ctx: _ObservedProtocol(ctx, self.observers))
+        super().__init__(context, lambda ctx: SOCKS5ServerProtocol(ctx, self.observers))
 
     @property
     def leanSessions(self) -> bool:
         """
         Whether a plain TCP listener may serve this factory's sessions
-        through `txsocksgss.server.lean` (the protocol only gets what that
-        hands over): splicing is on, and no subclass builds protocols of
+        through `txsocksgss.server.lean` (its protocols get the connections
+        that driver adopts): splicing is on, and no subclass builds protocols of
         its own.
         """
         return self.context.splice and type(self).buildProtocol is SOCKSServerFactory.buildProtocol
@@ -289,7 +267,7 @@ class SOCKSService(MultiService):
             listener = StreamServerEndpointService(endpoint, factory)
             # As twisted.application.strports does: a listen error stops
             # twistd at start-up instead of being logged and ignored.
-            listener._raiseSynchronously = True
+            raise_listen_errors(listener)
             listener.setName(description)
             listener.setServiceParent(self)
             self._listeners.append(listener)
@@ -310,6 +288,9 @@ class SOCKSService(MultiService):
         self._waiting: Deferred[Any] | None = None  # what stopping waits for now; cancel() hurries it
 
     def startService(self) -> None:
+        # Before any listener: a fast path whose Twisted internals are not
+        # what it expects is turned off (and says so) before it is used.
+        probe(self._reactor)
         super().startService()
         if self._signal is not None:
             self._signal.install()
@@ -329,7 +310,7 @@ class SOCKSService(MultiService):
         (for listeners on port 0).
         """
         services = [*self._listeners, *([self._metrics_service] if self._metrics_service is not None else [])]
-        waits = [s._waitingForPort for s in services]  # type: ignore[attr-defined]
+        waits = [listening_port(s) for s in services]
         if any(w is None for w in waits):
             raise RuntimeError("the service has not been started")
         listening: Deferred[Any] = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)

@@ -48,20 +48,23 @@ from typing import Any, Callable
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.tcp import Connection
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsocksgss._twisted_internals import (
+    EPollReactor,
+    close_without_shutdown,
+    has_pending_writes,
+    take_over_reader,
+    unwrap_proxy_protocol,
+)
+from txsocksgss.interfaces import ITunnel
 from txsocksgss.server.idle import IdleTimer
 
-try:
-    from twisted.internet.epollreactor import EPollReactor
-except ImportError:  # pragma: no cover - no epoll on this platform
-    EPollReactor = None  # type: ignore[assignment,misc]
-
-__all__ = ["SpliceRelay", "splice_available", "plain_connection", "reset_on_close", "PIPE_SIZE", "COPY_LIMIT",
-           "EPollReactor"]
+__all__ = ["SpliceRelay", "splice_available", "splice_chosen", "plain_connection", "reset_on_close", "PIPE_SIZE",
+           "COPY_LIMIT", "EPollReactor"]
 
 PIPE_SIZE = 1024 * 1024
 #: Bytes each direction copies through Python before it switches to a pipe.
@@ -92,8 +95,7 @@ def plain_connection(transport: Any) -> Connection | None:
     connection.  A PROXY-protocol wrapper (``haproxy:``) only reads a header
     before the session starts, so the connection under it counts.
     """
-    if isinstance(transport, HAProxyProtocolWrapper):
-        transport = transport.transport
+    transport = unwrap_proxy_protocol(transport)
     if isinstance(transport, Connection) and not getattr(transport, "TLS", False):
         return transport
     return None
@@ -111,11 +113,26 @@ def splice_available(reactor: Any, *transports: Any) -> bool:
         connection = plain_connection(transport)
         if connection is None or connection.socket.family not in (socket.AF_INET, socket.AF_INET6):
             return False
-        if connection.dataBuffer or connection._tempDataLen:
+        if has_pending_writes(connection):
             return False
         if connection.producer is not None or connection.disconnecting:
             return False
     return True
+
+
+def splice_chosen(context: Any, protection: Any, client: Any, upstream: Any = None) -> bool:
+    """
+    The one decision, for both session drivers, whether a tunnel is spliced:
+    splicing on (``context.splice``), no per-message ``protection``, and
+    the client (a Twisted transport, or a bare socket of the lean listener)
+    and, if known already, the ``upstream`` transport, plain TCP sockets
+    with nothing buffered (`splice_available`).  A bare socket is always
+    plain TCP.
+    """
+    if not context.splice or protection is not None or not isinstance(context.reactor, PosixReactorBase):
+        return False
+    transports = [end for end in (client, upstream) if end is not None and not isinstance(end, socket.socket)]
+    return splice_available(context.reactor, *transports) if transports else hasattr(os, "splice")
 
 
 class _Direction:
@@ -341,10 +358,7 @@ class _SpliceSocket:
         if reader is None and transport is not None:
             reader = plain_connection(transport)
         reactor = self.relay.reactor
-        if (reader is not None and EPollReactor is not None and isinstance(reactor, EPollReactor)
-                and self.fd in reactor._reads and self.fd not in reactor._writes
-                and reactor._selectables.get(self.fd) is reader):
-            reactor._selectables[self.fd] = self
+        if reader is not None and take_over_reader(reactor, self.fd, reader, self):
             self.reading = True
             return
         if transport is not None:
@@ -391,16 +405,15 @@ class _SpliceSocket:
             if abort:
                 reset_on_close(self.sock)
             self.sock.close()
-        elif at_once:
-            if transport.connected:
-                transport._shouldShutdown = False
-                transport.connectionLost(_CONNECTION_DONE)
+        elif at_once and close_without_shutdown(transport, _CONNECTION_DONE):
+            pass
         elif abort:
             transport.abortConnection()
         else:
             transport.loseConnection()
 
 
+@implementer(ITunnel)
 class SpliceRelay:
     """
     The splice tunnel between ``client`` (a transport) and ``upstream`` (a
@@ -411,8 +424,11 @@ class SpliceRelay:
     """
 
     def __init__(self, client: Any, upstream: Any, reactor: Any, idle_timeout: float | None,
-                 onEnd: Callable[[str], None], reader: Any = None) -> None:
+                 onEnd: Callable[[str], None], reader: Any = None, upstreamProtocol: Any = None) -> None:
         self.client = client
+        #: The `UpstreamProtocol` of a transport ``upstream``, told of the
+        #: relay once it has started (it reports the connection's loss).
+        self._upstream_protocol = upstreamProtocol
         #: The descriptor that reads a bare ``client`` socket until the relay
         #: takes it over (`txsocksgss.server.lean.LeanSession`).
         self._reader = reader
@@ -462,6 +478,8 @@ class SpliceRelay:
             self._down.held = toClient
             self._down.uncounted = len(toClient)
             self._down.writable()
+        if self._upstream_protocol is not None:
+            self._upstream_protocol.attach(self)
 
     # The session passes these on; in splice mode the transports do not read,
     # so only connectionLost (from close) can arrive.

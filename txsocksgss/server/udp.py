@@ -22,20 +22,19 @@ to and from the client is one protected token.
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txsocksgss.errors import ProtocolError
+from txsocksgss.interfaces import ICommand
 from txsocksgss.server.idle import IdleTimer
 from txsocksgss.server.outbound import resolve
 from txsocksgss.wire.socks5 import Address, ReplyCode
 from txsocksgss.wire.udp import UDPDatagram, parse_udp_datagram
-
-if TYPE_CHECKING:
-    from txsocksgss.server.protocol import SOCKS5ServerProtocol
 
 __all__ = ["UDPAssociateCommand"]
 
@@ -80,18 +79,23 @@ class _RemoteSide(DatagramProtocol):
         self.association.fromRemote(data, addr)
 
 
+@implementer(ICommand)
 class UDPAssociateCommand:
-    """The UDP relay of one session; ``session`` is the client's TCP protocol."""
+    """
+    The UDP relay of one session.  ``session`` is its command context, the
+    session machine (`txsocksgss.server.negotiation.SessionMachine`): its
+    ``context``, ``client``, ``protection``, ``record``, `listeningInterface`,
+    `decide`, `sendReply`, `associationStarted` and `closeWith`.
+    """
 
-    def __init__(self, session: "SOCKS5ServerProtocol", declared: Address) -> None:
+    def __init__(self, session: Any, declared: Address) -> None:
         self.session = session
         self.declared = declared
         self.protection = getattr(session, "protection", None)
         self.bytes_from_client = 0
         self.bytes_to_client = 0
         self.dropped = 0
-        peer = session.transport.getPeer()  # type: ignore[union-attr]
-        self._client_host = _normalize(getattr(peer, "host", ""))
+        self._client_host = _normalize(session.client[0] if session.client is not None else "")
         self._client_port: int | None = declared.port or None
         self._client_side: Any = None
         self._remote_sides: dict[int, Any] = {}
@@ -131,9 +135,7 @@ class UDPAssociateCommand:
             return
         bound = self._client_side.getHost()
         self.session.sendReply(ReplyCode.SUCCEEDED, Address.of(bound.host, bound.port))
-        from txsocksgss.server.protocol import SessionState
-
-        self.session.state = SessionState.RELAYING
+        self.session.associationStarted()
         self._idle.start()
 
     def stop(self) -> None:
