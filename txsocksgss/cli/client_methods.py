@@ -17,6 +17,8 @@ from txsocksgss.cli.console import text_bytes
 from txsocksgss.cli.status import UsageError
 from txsocksgss.interfaces import IClientAuthenticatorFactory
 from txsocksgss.wire.socks5 import AuthMethod
+from txsocksgss.errors import ConfigError
+from txsocksgss.auth.maf import SUBMETHOD_IDS, MAFClientFactory, TestSubMethodClientFactory
 
 __all__ = [
     "CLIENT_METHODS",
@@ -83,7 +85,6 @@ class GSSAPIOptions:
 
 def _gssapi(credentials: Credentials | None, gssapi: GSSAPIOptions | None = None) -> IClientAuthenticatorFactory:
     from txsocksgss.auth.gssapi import GSSAPIClientFactory, parse_levels
-    from txsocksgss.errors import ConfigError
 
     gssapi = gssapi or GSSAPIOptions()
     try:
@@ -108,8 +109,6 @@ def _gssapi(credentials: Credentials | None, gssapi: GSSAPIOptions | None = None
 
 def _maf(credentials: Credentials | None, gssapi: GSSAPIOptions | None = None,
          submethods: Sequence[str] = ()) -> IClientAuthenticatorFactory:
-    from txsocksgss.auth.maf import SUBMETHOD_IDS, MAFClientFactory, TestSubMethodClientFactory
-
     if not submethods:
         raise UsageError("method maf needs --maf-submethod NAME (userpass, gssapi, test), repeatable")
     builders = {"userpass": lambda: _userpass(credentials), "gssapi": lambda: _gssapi(credentials, gssapi),

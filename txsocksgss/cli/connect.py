@@ -58,6 +58,8 @@ from txsocksgss.cli.stdio_datagrams import DatagramLines
 from txsocksgss.cli.stdio_tunnel import StdioBridge
 from txsocksgss.client.endpoints import DEFAULT_TIMEOUT, SOCKS4ClientEndpoint, SOCKS5ClientEndpoint
 from txsocksgss.errors import SOCKSError
+from txsocksgss.client.bind import bindThroughProxy
+from txsocksgss.client.udp import associateUDP
 
 __all__ = ["add_connect_parser", "run_connect"]
 
@@ -153,8 +155,6 @@ async def _run_tunnel(options: ConnectOptions, console: StderrConsole, open_stdi
 
 async def _run_bind(options: ConnectOptions, console: StderrConsole, open_stdio: Callable[[Protocol], Any],
                     endpoint: Any) -> int:
-    from txsocksgss.client.bind import bindThroughProxy
-
     bridge = StdioBridge(open_stdio, console)
     pending = await bindThroughProxy(endpoint, bridge.factory())
     _log_identity(console, pending.handshake.identity)
@@ -173,8 +173,6 @@ async def _run_bind(options: ConnectOptions, console: StderrConsole, open_stdio:
 async def _run_udp(reactor: Any, options: ConnectOptions, console: StderrConsole,
                    open_stdio: Callable[[Protocol], Any], endpoint_for: Callable[[str, int], Any],
                    target: str) -> int:
-    from txsocksgss.client.udp import associateUDP
-
     # The address we will send from is unknown before the association:
     # RFC 1928 s4 says to send zeros then.
     endpoint = endpoint_for("0.0.0.0", 0)

@@ -32,6 +32,9 @@ from txsocksgss.cli.demo_page import demo_page, demo_site
 from txsocksgss.cli.demo_realm import DemoRealm
 from txsocksgss.cli.status import EXIT_FAILURE, EXIT_USAGE
 from txsocksgss.errors import ConfigError
+from txsocksgss.auth.passwordfile import set_password
+from txsocksgss.server.config import Config
+from txsocksgss.server.service import makeService
 
 __all__ = ["PROXY_METHODS", "PROXY_PROTECTION", "DemoError", "DemoSetup"]
 
@@ -217,17 +220,12 @@ class DemoSetup:
                         realm.user_principal,
                         stdin=realm.password.encode() + b"\n")
 
-        from txsocksgss.auth.passwordfile import set_password
-
         set_password(realm.passwd, realm.user, realm.password.encode())
         self._startProxy()
         self._startWebServer()
 
     def _startProxy(self) -> None:
         assert self.realm is not None
-        from txsocksgss.server.config import Config
-        from txsocksgss.server.service import makeService
-
         # The proxy's GSS-API library reads these when it first needs them, below.
         os.environ.update(KRB5_CONFIG=self.realm.krb5_conf, KRB5RCACHEDIR=self.realm.directory)
         for name in ("KRB5CCNAME", "KRB5_KTNAME", "KRB5_CLIENT_KTNAME"):

@@ -111,8 +111,9 @@ from zope.interface import implementer
 
 from txsocksgss.auth.none import NoAuthClientFactory
 from txsocksgss.auth.userpass import UserPassClientFactory
+from txsocksgss.auth.maf import SUBMETHOD_IDS, MAFClientFactory, TestSubMethodClientFactory
 from txsocksgss.client.endpoints import DEFAULT_TIMEOUT, SOCKS4ClientEndpoint, SOCKS5ClientEndpoint
-from txsocksgss.errors import ProtocolError
+from txsocksgss.errors import ConfigError, ProtocolError
 from txsocksgss.interfaces import IClientAuthenticatorFactory
 from txsocksgss.wire.socks5 import Address, AddressType
 
@@ -300,7 +301,6 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
         if not wanted:
             return None
         from txsocksgss.auth.gssapi import GSSAPIClientFactory, parse_levels
-        from txsocksgss.errors import ConfigError
 
         try:
             host = given.get("gssapi_host", proxy_host)
@@ -326,8 +326,6 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
 
     def _maf(self, keys: Mapping[str, str], credentials: IClientAuthenticatorFactory | None,
              gssapi: IClientAuthenticatorFactory | None) -> IClientAuthenticatorFactory:
-        from txsocksgss.auth.maf import SUBMETHOD_IDS, MAFClientFactory, TestSubMethodClientFactory
-
         names = [n.strip() for n in keys.get("maf_submethods", "").split("+") if n.strip()]
         if not names:
             raise self._error("methods=maf needs maf_submethods=SUB+SUB (userpass, gssapi, test)")

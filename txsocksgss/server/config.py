@@ -13,10 +13,16 @@ import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
+from twisted.internet.endpoints import serverFromString
+
+from txsocksgss.auth.maf import SUBMETHOD_IDS
+from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.errors import ConfigError
+from txsocksgss.interfaces import IServerAuthenticatorFactory
 from txsocksgss.server.rules import ALLOW_ALL, RuleSet, load_rules, rules_from_table
+from txsocksgss.wire.socks5 import AuthMethod
 
 __all__ = ["Config", "DEFAULT_LISTEN", "KNOWN_METHODS", "endpoint_is_loopback"]
 
@@ -251,10 +257,8 @@ class Config:
         if not 1 <= self.workers <= 256:
             raise ConfigError(f"workers must be 1 to 256, not {self.workers}")
         if self.workers > 1:
-            from txsocksgss.server.workers import reuse_port_endpoint
-
             for description in self.listen:
-                reuse_port_endpoint(None, description)  # raises ConfigError for unsuitable listeners
+                reuse_port_listener(description)  # raises ConfigError for unsuitable listeners
         if self.ident not in ("off", "log", "require"):
             raise ConfigError(f"ident must be off, log or require, not {self.ident!r}")
         if not 1 <= self.ident_port <= 65535:
@@ -274,18 +278,13 @@ class Config:
             except ValueError:
                 raise ConfigError(f"--external must be an IP address, not {self.external!r}") from None
         if {"none", "socks4", "maf"} & set(self.effective_methods) and not self.allow_open:
-            # Checked again on the methods actually served (service.check_open_proxy);
+            # Checked again on the methods actually served (by makeServerFactory);
             # here so that a bad configuration fails before anything is built.
-            from txsocksgss.server.service import check_open_proxy
-            from txsocksgss.auth.none import NoAuthServerFactory
-
             check_open_proxy(self, [NoAuthServerFactory()] if "none" in self.effective_methods else [])
 
 
 def _check_metrics_endpoint(description: str, workers: int) -> None:
     """Refuse a metrics endpoint string Twisted cannot parse, and metrics with several workers."""
-    from twisted.internet.endpoints import serverFromString
-
     if workers > 1:
         raise ConfigError("--metrics cannot be used with --workers yet: each process would count "
                           "only the connections it serves")
@@ -298,8 +297,6 @@ def _check_metrics_endpoint(description: str, workers: int) -> None:
 
 def parse_maf_chain(spec: str) -> tuple[tuple[str, ...], int]:
     """``"userpass+gssapi=2"`` -> (("userpass", "gssapi"), 2); the grade defaults to 0."""
-    from txsocksgss.auth.maf import SUBMETHOD_IDS
-
     methods_text, _, grade_text = spec.partition("=")
     methods = tuple(m.strip() for m in methods_text.split("+"))
     for method in methods:
@@ -409,3 +406,44 @@ def endpoint_is_loopback(description: str) -> bool:
         return ipaddress.ip_address(interface.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def reuse_port_listener(description: str) -> tuple[str, int, str, int]:
+    """
+    ``(kind, port, interface, backlog)`` of a ``tcp:PORT:interface=...`` or
+    ``tcp6:`` listener description for ``--workers`` (every process listens
+    on the one port, with SO_REUSEPORT); ConfigError for any other.
+    """
+    kind, positional, keywords = split_endpoint_description(description)
+    if kind not in ("tcp", "tcp6"):
+        raise ConfigError(f"--workers needs tcp: or tcp6: listeners, not {description!r}")
+    port_text = keywords.get("port", positional[0] if positional else "")
+    if not port_text.isdigit() or int(port_text) == 0:
+        raise ConfigError(f"--workers needs a fixed port in {description!r} (the processes share it)")
+    interface = keywords.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+    backlog = int(keywords.get("backlog", "1024"))
+    return kind, int(port_text), interface.strip("[]"), backlog
+
+
+def check_open_proxy(config: Config, methods: "Iterable[IServerAuthenticatorFactory]") -> None:
+    """
+    Refuse an unauthenticated method on a listener other clients can reach,
+    unless ``config.allow_open``: the open-proxy check, on the methods
+    actually served (a program's own authenticators included).
+    """
+    socks4_open = "socks4" in config.effective_methods and config.ident != "require"
+    # A MAF chain of nothing but the internal test method authenticates nobody.
+    maf_open = "maf" in config.effective_methods and any(
+        set(parse_maf_chain(spec)[0]) <= {"test"} for spec in config.maf_chains)
+    unauthenticated = socks4_open or maf_open or any(m.method == AuthMethod.NONE for m in methods)
+    if config.allow_open or not unauthenticated:
+        return
+    public = [desc for desc in config.listen if not endpoint_is_loopback(desc)]
+    if public:
+        raise ConfigError(
+            f"refusing to start an unauthenticated proxy on {public[0]}: anyone who can "
+            "reach that address could use it.  Listen on 127.0.0.1 "
+            "(--listen tcp:1080:interface=127.0.0.1), require a password "
+            "(--method userpass --passwd FILE), or pass --allow-open if the "
+            "network or the rules already restrict who can connect"
+        )

@@ -49,7 +49,7 @@ from typing import Callable, Container, Iterable, Sequence
 
 from twisted.logger import Logger
 
-from txsocksgss.server.config import split_endpoint_description
+from txsocksgss.server.config import endpoint_is_loopback, split_endpoint_description
 
 __all__ = [
     "CLOUD_METADATA_ADDRESSES",
@@ -271,8 +271,6 @@ def destination_guard_for(mode: str, listen: Sequence[str]) -> DestinationGuard 
     listeners ``listen`` (endpoint strings); None when it is off.  ``auto`` is
     on when any listener is not loopback (or a UNIX socket).
     """
-    from txsocksgss.server.config import endpoint_is_loopback
-
     if mode not in GUARD_MODES:
         raise ValueError(f"destination guard must be one of {', '.join(GUARD_MODES)}, not {mode!r}")
     if mode == "off" or (mode == "auto" and all(endpoint_is_loopback(d) for d in listen)):

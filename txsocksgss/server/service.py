@@ -36,13 +36,19 @@ from txsocksgss.auth.passwordfile import PasswordFileChecker
 from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
 from txsocksgss.errors import ConfigError
 from txsocksgss.interfaces import IServerAuthenticatorFactory
-from txsocksgss.server.config import Config, endpoint_is_loopback
 from txsocksgss._twisted_internals import listening_port, probe, raise_listen_errors
+from txsocksgss.auth.gssapi import GSSAPIServerFactory, parse_levels
+from txsocksgss.auth.ident import IdentChecker, IdentMode
+from txsocksgss.auth.maf import SUBMETHOD_IDS, Chain, ChainPolicy, MAFServerFactory, TestSubMethodServerFactory
+from txsocksgss.server.config import Config, check_open_proxy, parse_maf_chain
+from txsocksgss.server.guard import destination_guard_for
 from txsocksgss.server.lean import lean_available, lean_endpoint
-from txsocksgss.wire.socks5 import AuthMethod
+from txsocksgss.server.limits import SessionLimits, limit_settings
+from txsocksgss.server.metrics import ServerMetrics, metricsService
 from txsocksgss.server.protocol import ServerContext, SOCKS5ServerProtocol, SOCKSServerFactory
 from txsocksgss.server.reload import Reloader, SignalReload
 from txsocksgss.server.session import SessionObserver
+from txsocksgss.server.workers import WorkerPool, reuse_port_endpoint
 
 __all__ = ["makeService", "makeServerFactory", "makeServiceFromFactory", "ManagedServerFactory", "SOCKSService"]
 
@@ -88,8 +94,6 @@ def _buildMethod(name: str, config: Config, checkers: Iterable[ICredentialsCheck
         checker = all_checkers[0] if len(all_checkers) == 1 else FirstMatchChecker(all_checkers)
         return UserPassServerFactory(Portal(realm or SOCKSUserRealm(), [checker]))
     if name == "gssapi":
-        from txsocksgss.auth.gssapi import GSSAPIServerFactory, parse_levels
-
         mechanisms = ("krb5", "spnego") if config.gssapi_mech == "any" else (config.gssapi_mech,)
         return GSSAPIServerFactory(
             service=config.gssapi_service,
@@ -100,13 +104,8 @@ def _buildMethod(name: str, config: Config, checkers: Iterable[ICredentialsCheck
             wrap=config.gssapi_wrap,
         )
     if name == "test":
-        from txsocksgss.auth.maf import TestSubMethodServerFactory
-
         return TestSubMethodServerFactory()
     if name == "maf":
-        from txsocksgss.auth.maf import SUBMETHOD_IDS, Chain, ChainPolicy, MAFServerFactory
-        from txsocksgss.server.config import parse_maf_chain
-
         chains = []
         submethods: dict[int, IServerAuthenticatorFactory] = {}
         for spec in config.maf_chains:
@@ -171,12 +170,7 @@ def makeServerFactory(
     check_open_proxy(config, methods)
     ident = None
     if config.ident != "off":
-        from txsocksgss.auth.ident import IdentChecker, IdentMode
-
         ident = IdentChecker(IdentMode(config.ident), reactor, config.ident_port, config.ident_timeout)
-    from txsocksgss.server.guard import destination_guard_for
-    from txsocksgss.server.limits import SessionLimits, limit_settings
-
     context = ServerContext(
         reactor=reactor,
         resolver=reactor.nameResolver,
@@ -192,32 +186,6 @@ def makeServerFactory(
         guard=destination_guard_for(config.destination_guard, config.listen),
     )
     return ManagedServerFactory(context, password_checkers)
-
-
-def check_open_proxy(config: Config, methods: Iterable[IServerAuthenticatorFactory]) -> None:
-    """
-    Refuse an unauthenticated method on a listener other clients can reach,
-    unless ``config.allow_open``: the open-proxy check, on the methods
-    actually served (a program's own authenticators included).
-    """
-    from txsocksgss.server.config import parse_maf_chain
-
-    socks4_open = "socks4" in config.effective_methods and config.ident != "require"
-    # A MAF chain of nothing but the internal test method authenticates nobody.
-    maf_open = "maf" in config.effective_methods and any(
-        set(parse_maf_chain(spec)[0]) <= {"test"} for spec in config.maf_chains)
-    unauthenticated = socks4_open or maf_open or any(m.method == AuthMethod.NONE for m in methods)
-    if config.allow_open or not unauthenticated:
-        return
-    public = [desc for desc in config.listen if not endpoint_is_loopback(desc)]
-    if public:
-        raise ConfigError(
-            f"refusing to start an unauthenticated proxy on {public[0]}: anyone who can "
-            "reach that address could use it.  Listen on 127.0.0.1 "
-            "(--listen tcp:1080:interface=127.0.0.1), require a password "
-            "(--method userpass --passwd FILE), or pass --allow-open if the "
-            "network or the rules already restrict who can connect"
-        )
 
 
 class SOCKSService(MultiService):
@@ -249,8 +217,6 @@ class SOCKSService(MultiService):
         self._metrics_service: Service | None = None
         shared = config.workers > 1
         if shared and worker_argv is not None:
-            from txsocksgss.server.workers import WorkerPool
-
             self.workers = WorkerPool(reactor, config.workers, list(worker_argv))
             self.workers.setServiceParent(self)
         lean = lean_available(reactor, config.splice)
@@ -259,8 +225,6 @@ class SOCKSService(MultiService):
             if endpoint is not None:
                 pass
             elif shared:
-                from txsocksgss.server.workers import reuse_port_endpoint
-
                 endpoint = reuse_port_endpoint(reactor, description)
             else:
                 endpoint = serverFromString(reactor, description)
@@ -272,8 +236,6 @@ class SOCKSService(MultiService):
             listener.setServiceParent(self)
             self._listeners.append(listener)
         if config.metrics:
-            from txsocksgss.server.metrics import ServerMetrics, metricsService
-
             self.metrics = ServerMetrics(factory.context)
             # A factory not built by makeServerFactory has no observers: its
             # metrics then hold the open sessions and relayed bytes only.

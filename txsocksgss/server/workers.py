@@ -36,17 +36,18 @@ from typing import Any, Sequence
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
-from txsocksgss.errors import ConfigError
+from txsocksgss.logs import processTextObserver
+from txsocksgss.server.config import reuse_port_listener
 from txsocksgss.server.lean import LeanTCPServerEndpoint
 
-__all__ = ["reuse_port_endpoint", "WorkerPool", "worker_main"]
+__all__ = ["WORKER_NUMBER", "reuse_port_endpoint", "WorkerPool"]
 
 _log = Logger()
 # The environment variable that tells a worker its number (for its log lines).
-_WORKER_NUMBER = "TXSOCKSGSS_WORKER"
+WORKER_NUMBER = "TXSOCKSGSS_WORKER"
 
 
 def reuse_port_endpoint(reactor: Any, description: str) -> LeanTCPServerEndpoint:
@@ -56,17 +57,8 @@ def reuse_port_endpoint(reactor: Any, description: str) -> LeanTCPServerEndpoint
     listen on the port (`txsocksgss.server.lean.LeanTCPServerEndpoint`,
     which serves through Twisted's own port where the lean path is off).
     """
-    from txsocksgss.server.config import split_endpoint_description
-
-    kind, positional, keywords = split_endpoint_description(description)
-    if kind not in ("tcp", "tcp6"):
-        raise ConfigError(f"--workers needs tcp: or tcp6: listeners, not {description!r}")
-    port_text = keywords.get("port", positional[0] if positional else "")
-    if not port_text.isdigit() or int(port_text) == 0:
-        raise ConfigError(f"--workers needs a fixed port in {description!r} (the processes share it)")
-    interface = keywords.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
-    backlog = int(keywords.get("backlog", "1024"))
-    return LeanTCPServerEndpoint(reactor, int(port_text), interface.strip("[]"), backlog, reuse_port=True)
+    _kind, port, interface, backlog = reuse_port_listener(description)
+    return LeanTCPServerEndpoint(reactor, port, interface, backlog, reuse_port=True)
 
 
 class _LogSink:
@@ -97,13 +89,11 @@ def _log_sink() -> _LogSink | None:
     (twistd's own observer, syslog, the JSON logs): then each worker line
     is logged again as an event of the master's.
     """
-    from txsocksgss.logs import processTextObserver
-
     observer = processTextObserver()
     return None if observer is None else _LogSink(observer.outFile, observer.encoding)
 
 
-# What a worker puts after the system in its lines (see worker_main).
+# What a worker puts after the system in its lines (see txsocksgss.worker).
 _WORKER_MARKER = re.compile(rb"^\S+ \[[^\]]*\] worker \d+: ")
 
 
@@ -160,11 +150,11 @@ class WorkerPool(Service):
 
     def startService(self) -> None:
         super().startService()
-        command = [sys.executable, "-m", "txsocksgss.server.workers", *self.argv]
+        command = [sys.executable, "-m", "txsocksgss.worker", *self.argv]
         sink = _log_sink()
         for number in range(1, self.count):
             protocol = _WorkerProcess(number, sink)
-            env = dict(os.environ, **{_WORKER_NUMBER: str(number)})
+            env = dict(os.environ, **{WORKER_NUMBER: str(number)})
             transport = self.reactor.spawnProcess(protocol, sys.executable, command, env=env,
                                                   childFDs={0: "w", 1: "r", 2: "r"})
             self.processes.append((transport, protocol))
@@ -191,42 +181,3 @@ class WorkerPool(Service):
                     transport.signalProcess(signum)
                 except ProcessExitedAlready:
                     pass
-
-
-class _MasterWatch(Protocol):
-    """On a worker's standard input: the master closing the pipe stops the worker."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self.reactor.running:
-            self.reactor.stop()
-
-
-def worker_main(argv: Sequence[str]) -> int:
-    """A worker process: the master's twistd options, one reactor, until the master goes."""
-    from twisted.application.service import IService
-    from twisted.internet import reactor
-    from twisted.internet.stdio import StandardIO
-    from twisted.logger import globalLogBeginner
-
-    from txsocksgss.tap import Options, makeService
-    from txsocksgss.textlog import TextLogObserver
-
-    options = Options()
-    options.worker = True
-    options.parseOptions(list(argv))
-    service = makeService(options)
-    # The master's own format, with the worker named after the system.
-    observer = TextLogObserver(sys.stdout, label=f"worker {os.environ.get(_WORKER_NUMBER, '?')}: ")
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    StandardIO(_MasterWatch(reactor), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
-    IService(service).startService()
-    reactor.addSystemEventTrigger("before", "shutdown", IService(service).stopService)
-    reactor.run()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))
