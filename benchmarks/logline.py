@@ -32,6 +32,7 @@ from twisted.python.logfile import LogFile
 
 from txsocksgss.server.session import SessionRecord
 from txsocksgss.textlog import TextLogObserver
+from txsocksgss.server.outcomes import CLOSED
 
 __all__ = ["measure", "main"]
 
@@ -43,7 +44,7 @@ def _sessions(count: int) -> float:
                              bytes_from_client=12, bytes_to_client=12) for i in range(count)]
     started = time.process_time()
     for record in records:
-        record.finish(0.0123, "closed")
+        record.finish(0.0123, CLOSED)
     return time.process_time() - started
 
 

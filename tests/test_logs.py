@@ -24,6 +24,7 @@ from txsocksgss import logs
 from txsocksgss.server import session
 from txsocksgss.server.session import SessionRecord
 from txsocksgss.textlog import TextLogObserver
+from txsocksgss.server.outcomes import CLOSED
 
 SESSION_FIELDS = ("client", "user", "method", "command", "destination", "up", "down", "duration", "outcome")
 
@@ -35,7 +36,7 @@ class JSONObserverTests(SynchronousTestCase):
         record = SessionRecord(client="127.0.0.1:4000", started=10.0, user="alice", method="userpass",
                                command="connect", destination="example.com:443",
                                bytes_from_client=12, bytes_to_client=34)
-        record.finish(12.5, "closed")
+        record.finish(12.5, CLOSED)
 
     def test_one_json_object_per_line_with_the_session_fields(self) -> None:
         out = io.StringIO()

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txsocksgss.server import session
 from txsocksgss.server.session import SessionRecord
 from txsocksgss.textlog import TextLogObserver
+from txsocksgss.server.outcomes import CLOSED
 
 SECOND = 1_700_000_000.0
 
@@ -30,7 +31,7 @@ def session_event(when: float, destination: str = "example.org:80", user: str | 
                            destination=destination, user=user, bytes_from_client=12, bytes_to_client=345)
     saved, session._log = session._log, Logger(namespace="txsocksgss.session", observer=events.append)
     try:
-        record.finish(1.0, "closed")
+        record.finish(1.0, CLOSED)
     finally:
         session._log = saved
     [event] = events

@@ -50,8 +50,12 @@ class ProtocolError(SOCKSError):
 
     Subclasses say which kind of malformation; the message text names the
     field, for the log.  Never raised for mere lack of data: parsers return
-    ``None`` for that.
+    ``None`` for that.  ``reply_code`` is the SOCKS 5 reply code (RFC 1928
+    s6) the error calls for where a request is being answered: 01 general
+    failure unless a subclass says otherwise.
     """
+
+    reply_code = 0x01
 
 
 class MessageTooLong(ProtocolError):
@@ -74,9 +78,13 @@ class InvalidField(ProtocolError):
 class UnsupportedCommand(InvalidField):
     """A SOCKS request with a command code the protocol does not define (SOCKS 5 REP 07)."""
 
+    reply_code = 0x07
+
 
 class UnsupportedAddressType(InvalidField):
     """A SOCKS 5 address type other than 01, 03, 04 (SOCKS 5 REP 08)."""
+
+    reply_code = 0x08
 
 
 class TruncatedMessage(ProtocolError):

@@ -299,7 +299,7 @@ class SpliceStartTests(TestCase):
     def test_early_bytes_and_the_rest_of_the_reply_go_first_and_only_early_bytes_count(self):
         client, client_end, upstream, upstream_end = _bare_pairs()
         ended: Deferred[str] = Deferred()
-        relay = SpliceRelay(client_end, upstream_end, reactor, None, ended.callback)
+        relay = SpliceRelay(client_end, upstream_end, reactor, None, lambda outcome: ended.callback(str(outcome)))
         relay.start(toUpstream=b"early", toClient=b"reply rest")
         self.assertEqual(client.recv(100), b"reply rest")
         self.assertEqual(upstream.recv(100), b"early")
@@ -321,7 +321,7 @@ class SpliceStartTests(TestCase):
         client, client_end, upstream, upstream_end = _bare_pairs()
         client.close()  # the client is gone before the reply could go out
         ended: Deferred[str] = Deferred()
-        relay = SpliceRelay(client_end, upstream_end, reactor, None, ended.callback)
+        relay = SpliceRelay(client_end, upstream_end, reactor, None, lambda outcome: ended.callback(str(outcome)))
         relay.start(toClient=b"reply rest")
         outcome = yield ended
         self.assertTrue(outcome.startswith("reset (upstream->client: write:"), outcome)
@@ -340,7 +340,7 @@ class StaleEventTests(TestCase):
     def tunnel(self) -> tuple[SpliceRelay, socket.socket, socket.socket, Deferred[str]]:
         client, client_end, upstream, upstream_end = _bare_pairs()
         ended: Deferred[str] = Deferred()
-        relay = SpliceRelay(client_end, upstream_end, reactor, None, ended.callback)
+        relay = SpliceRelay(client_end, upstream_end, reactor, None, lambda outcome: ended.callback(str(outcome)))
         relay.start()
         self.addCleanup(client.close)
         self.addCleanup(upstream.close)

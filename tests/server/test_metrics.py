@@ -32,11 +32,19 @@ from txsocksgss.server.metrics import (
     AUTH_FAILURE_REASONS,
     OUTCOME_CLASSES,
     ServerMetrics,
-    auth_failure_reason,
-    outcome_class,
 )
 from txsocksgss.server.service import makeService
 from txsocksgss.server.session import SessionRecord
+from txsocksgss.wire.socks5 import ReplyCode
+from txsocksgss.server.outcomes import (
+    CLIENT_CLOSED,
+    CLOSED,
+    IDLE_TIMEOUT,
+    UPSTREAM_CLOSED,
+    Outcome,
+    OutcomeClass,
+    OutcomeKind,
+)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -49,53 +57,71 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 class ClassificationTests(SynchronousTestCase):
+    """Each outcome renders its session-line text and carries its labels (never read back from the text)."""
+
     def test_outcome_classes(self) -> None:
-        cases = {
-            "closed": "closed",
-            "client closed": "closed",
-            "upstream closed": "closed",
-            "client closed the control connection": "closed",
-            "client closed during negotiation": "client_aborted",
-            "idle timeout": "idle_timeout",
-            "server shutdown": "shutdown",
-            "reset (ECONNRESET)": "reset",
-            "authentication failed: bad user name or password for 'bob'": "auth_failed",
-            "no acceptable method (client offered 0x02)": "auth_failed",
-            "ident: identd: timeout": "auth_failed",
-            "denied by rule 1 (lan)": "denied",
-            "negotiation timeout in request": "timeout",
-            "BIND: nobody connected in time": "timeout",
-            "bad request: unknown command 9": "protocol_error",
-            "protocol error in greeting: version 6": "protocol_error",
-            "protection failure: bad token": "protocol_error",
-            "connection refused: Connection was refused by other side": "destination_error",
-            "host unreachable: no route": "destination_error",
-            "general failure: something": "destination_error",
-            "something new": "error",
-        }
-        for outcome, expected in cases.items():
-            self.assertEqual(outcome_class(outcome), expected, outcome)
+        cases = [
+            (CLOSED, "closed", "closed"),
+            (CLIENT_CLOSED, "client closed", "closed"),
+            (UPSTREAM_CLOSED, "upstream closed", "closed"),
+            (Outcome(OutcomeKind.CONTROL_CLOSED), "client closed the control connection", "closed"),
+            (Outcome(OutcomeKind.CLIENT_GONE), "client closed during negotiation", "client_aborted"),
+            (IDLE_TIMEOUT, "idle timeout", "idle_timeout"),
+            (Outcome(OutcomeKind.SHUTDOWN), "server shutdown", "shutdown"),
+            (Outcome(OutcomeKind.RESET, "ECONNRESET"), "reset (ECONNRESET)", "reset"),
+            (Outcome.auth_failed("bad user name or password for 'bob'"),
+             "authentication failed: bad user name or password for 'bob'", "auth_failed"),
+            (Outcome(OutcomeKind.NO_ACCEPTABLE_METHOD, "0x02"), "no acceptable method (client offered 0x02)",
+             "auth_failed"),
+            (Outcome(OutcomeKind.IDENT_REFUSED, "identd: timeout"), "ident: identd: timeout", "auth_failed"),
+            (Outcome(OutcomeKind.DENIED, "rule 1 (lan)"), "denied by rule 1 (lan)", "denied"),
+            (Outcome.negotiation_timeout("request"), "negotiation timeout in request", "timeout"),
+            (Outcome(OutcomeKind.BIND_TIMEOUT), "BIND: nobody connected in time", "timeout"),
+            (Outcome(OutcomeKind.BAD_REQUEST, "unknown command 9"), "bad request: unknown command 9", "protocol_error"),
+            (Outcome.protocol_error("greeting", "version 6"), "protocol error in greeting: version 6",
+             "protocol_error"),
+            (Outcome(OutcomeKind.PROTECTION_FAILURE, "bad token"), "protection failure: bad token", "protocol_error"),
+            (Outcome.destination_failed(ReplyCode.CONNECTION_REFUSED, "Connection was refused by other side"),
+             "connection refused: Connection was refused by other side", "destination_error"),
+            (Outcome.destination_failed(ReplyCode.HOST_UNREACHABLE, "no route"), "host unreachable: no route",
+             "destination_error"),
+            (Outcome.destination_failed(ReplyCode.GENERAL_FAILURE, "something"), "general failure: something",
+             "destination_error"),
+            (Outcome(OutcomeKind.COMMAND_ERROR, "something new"), "something new", "error"),
+        ]
+        for outcome, text, expected in cases:
+            self.assertEqual(str(outcome), text)
+            self.assertEqual(outcome.outcome_class.value, expected, text)
             self.assertIn(expected, OUTCOME_CLASSES)
 
     def test_auth_failure_reasons(self) -> None:
-        cases = {
-            "no acceptable method (client offered 0x02)": "no_acceptable_method",
-            "authentication failed: bad user name or password for 'bob'": "bad_credentials",
-            "authentication failed: malformed RFC 1929 request: short": "malformed",
-            "authentication failed: user name is not UTF-8": "malformed",
-            "authentication failed: password check for 'bob' failed": "error",
-            "authentication failed: GSS-API error during context: expired": "mechanism",
-            "authentication failed: MAF: no chain left": "mechanism",
-            "authentication failed: something else": "other",
-            "authentication error": "error",
-            "negotiation timeout in authenticating": "timeout",
-            "ident: USERID 'a' but identd says 'b'": "ident",
-        }
-        for outcome, expected in cases.items():
-            self.assertEqual(auth_failure_reason(outcome), expected, outcome)
+        cases = [
+            (Outcome(OutcomeKind.NO_ACCEPTABLE_METHOD, "0x02"), "no_acceptable_method"),
+            (Outcome.auth_failed("bad user name or password for 'bob'"), "bad_credentials"),
+            (Outcome.auth_failed("malformed RFC 1929 request: short"), "malformed"),
+            (Outcome.auth_failed("user name is not UTF-8"), "malformed"),
+            (Outcome.auth_failed("password check for 'bob' failed"), "error"),
+            (Outcome.auth_failed("GSS-API error during context: expired"), "mechanism"),
+            (Outcome.auth_failed("MAF: no chain left"), "mechanism"),
+            (Outcome.auth_failed("something else"), "other"),
+            (Outcome(OutcomeKind.AUTH_ERROR), "error"),
+            (Outcome.negotiation_timeout("authenticating"), "timeout"),
+            (Outcome(OutcomeKind.AUTH_TOO_MUCH_DATA), "malformed"),
+            (Outcome(OutcomeKind.IDENT_REFUSED, "USERID 'a' but identd says 'b'"), "ident"),
+        ]
+        for outcome, expected in cases:
+            self.assertIsNotNone(outcome.auth_failure_reason, str(outcome))
+            self.assertEqual(outcome.auth_failure_reason.value, expected, str(outcome))
+            self.assertEqual(outcome.outcome_class, OutcomeClass.AUTH_FAILED)
             self.assertIn(expected, AUTH_FAILURE_REASONS)
-        for outcome in ("closed", "denied by default deny", "negotiation timeout in request"):
-            self.assertIsNone(auth_failure_reason(outcome))
+        self.assertEqual(str(Outcome.negotiation_timeout("authenticating")), "negotiation timeout in authenticating")
+        for outcome in (CLOSED, Outcome(OutcomeKind.DENIED, "default deny"), Outcome.negotiation_timeout("request")):
+            self.assertIsNone(outcome.auth_failure_reason)
+
+    def test_every_kind_has_a_class_and_renders(self) -> None:
+        for kind in OutcomeKind:
+            self.assertIn(kind.outcome_class.value, OUTCOME_CLASSES)
+            self.assertTrue(str(Outcome(kind, "detail")), kind)
 
 
 class _Relay:
@@ -124,8 +150,8 @@ class ServerMetricsTests(SynchronousTestCase):
         return samples(generate_latest(self.metrics.registry).decode())
 
     def test_ended_sessions_are_counted_by_method_and_outcome_class(self) -> None:
-        for method, outcome, up, down in [("none", "closed", 10, 20), ("none", "upstream closed", 1, 2),
-                                          ("userpass", "authentication failed: bad user name or password", 0, 0)]:
+        for method, outcome, up, down in [("none", CLOSED, 10, 20), ("none", UPSTREAM_CLOSED, 1, 2),
+                                          ("userpass", Outcome.auth_failed("bad user name or password"), 0, 0)]:
             record = SessionRecord(client="c", started=0.0, method=method, bytes_from_client=up,
                                    bytes_to_client=down, observers=[self.metrics])
             record.finish(1.0, outcome)
@@ -159,7 +185,7 @@ class ServerMetricsTests(SynchronousTestCase):
         open_tunnel.record.bytes_from_client, open_tunnel.record.bytes_to_client = 6, 7
         open_tunnel.relay = _Relay(6, 7)
         open_tunnel.record.observers.append(self.metrics)
-        open_tunnel.record.finish(1.0, "closed")
+        open_tunnel.record.finish(1.0, CLOSED)
         self.assertEqual(self.scrape()[("socksgss_relayed_bytes_total", (("direction", "up"),))], 6)
         self.context.sessions.discard(open_tunnel)
         found = self.scrape()
@@ -168,7 +194,7 @@ class ServerMetricsTests(SynchronousTestCase):
 
     def test_each_server_has_its_own_registry(self) -> None:
         other = ServerMetrics(_Context())
-        SessionRecord(client="c", started=0.0, method="none", observers=[self.metrics]).finish(1.0, "closed")
+        SessionRecord(client="c", started=0.0, method="none", observers=[self.metrics]).finish(1.0, CLOSED)
         self.assertNotIn(("socksgss_sessions_total", (("method", "none"), ("outcome", "closed"))),
                          samples(generate_latest(other.registry).decode()))
         self.assertIsNone(REGISTRY.get_sample_value("socksgss_sessions_total", {"method": "none", "outcome": "closed"}))
@@ -183,7 +209,7 @@ class ServerMetricsTests(SynchronousTestCase):
 
         record = SessionRecord(client="c", started=0.0, observers=[Broken(), self.metrics])
         record.markReplied(0.1)
-        self.assertTrue(record.finish(1.0, "closed"))
+        self.assertTrue(record.finish(1.0, CLOSED))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
         self.assertEqual(self.scrape()[("socksgss_sessions_total", (("method", "unselected"), ("outcome", "closed")))], 1)
 

@@ -16,6 +16,7 @@ from txsocksgss.logs import jsonLineObserver
 from txsocksgss.server import session
 from txsocksgss.server.session import SessionRecord
 from txsocksgss.textlog import TextLogObserver
+from txsocksgss.server.outcomes import CLOSED, IDLE_TIMEOUT
 
 LINE = ("session client=192.0.2.7:5000 socks5 user=- method=none protection=- command=connect "
         "destination=example.org:80 up=12 down=345 duration=1.000s outcome=closed")
@@ -39,8 +40,8 @@ class SessionEventTests(SynchronousTestCase):
         events: list[Any] = []
         self.publishTo(events.append)
         record = _record()
-        self.assertTrue(record.finish(1.0, "closed"))
-        self.assertFalse(record.finish(2.0, "again"))
+        self.assertTrue(record.finish(1.0, CLOSED))
+        self.assertFalse(record.finish(2.0, IDLE_TIMEOUT))
         [event] = events
         self.assertEqual(
             {key: event[key] for key in ("client", "version", "user", "method", "protection", "command",
@@ -55,7 +56,7 @@ class SessionEventTests(SynchronousTestCase):
         for destination in ("example.org:80", "a\nname:80"):  # a newline continues with a tab
             theirs, ours = io.StringIO(), io.StringIO()
             self.publishTo(textFileLogObserver(theirs), TextLogObserver(ours))
-            _record(destination).finish(1.0, "closed")
+            _record(destination).finish(1.0, CLOSED)
             self.assertEqual(ours.getvalue(), theirs.getvalue())
             expected = LINE.replace("example.org:80", destination.replace("\n", "\n\t"))
             self.assertEqual(ours.getvalue().split(" ", 1)[1], f"[txsocksgss.session#info] {expected}\n")
@@ -63,7 +64,7 @@ class SessionEventTests(SynchronousTestCase):
     def test_a_json_observer_gets_the_fields(self):
         out = io.StringIO()
         self.publishTo(jsonLineObserver(out))
-        _record().finish(1.0, "closed")
+        _record().finish(1.0, CLOSED)
         self.assertIn(f'"session_line": "{LINE}"', out.getvalue())
         self.assertIn('"outcome": "closed"', out.getvalue())
 
@@ -75,5 +76,5 @@ class SessionEventTests(SynchronousTestCase):
         for observer in (textFileLogObserver(Full()), TextLogObserver(Full())):
             self.publishTo(observer)
             record = _record()
-            self.assertTrue(record.finish(1.0, "closed"))  # the publisher catches it
+            self.assertTrue(record.finish(1.0, CLOSED))  # the publisher catches it
             self.assertEqual(record.outcome, "closed")

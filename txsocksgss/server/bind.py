@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txsocksgss.interfaces import ICommand
+from txsocksgss.server.outcomes import Outcome, OutcomeKind
 from txsocksgss.server.relay import UpstreamProtocol
 from txsocksgss.wire.socks5 import Address, ReplyCode
 
@@ -70,7 +71,8 @@ class BindCommand:
             self._expected = {str(ipaddress.ip_address(a)) for a in allowed}
         interface = self.session.listeningInterface()
         if interface is None:
-            self.session.closeWith("BIND on a non-IP listener needs --external ADDRESS", ReplyCode.GENERAL_FAILURE)
+            self.session.closeWith(Outcome(OutcomeKind.COMMAND_ERROR, "BIND on a non-IP listener needs --external ADDRESS"),
+                                   ReplyCode.GENERAL_FAILURE)
             return
         # Not while the reactor dispatches this poll's events: a descriptor
         # closed earlier in it may be reused by the new port, which would then
@@ -121,7 +123,7 @@ class BindCommand:
 
     def _timedOut(self) -> None:
         self._wait_timer = None
-        self.session.closeWith("BIND: nobody connected in time", ReplyCode.TTL_EXPIRED)
+        self.session.closeWith(Outcome(OutcomeKind.BIND_TIMEOUT), ReplyCode.TTL_EXPIRED)
 
     def stop(self) -> None:
         """The session ended before the relay started: release everything."""

@@ -52,6 +52,7 @@ from txsocksgss.interfaces import ISessionIO, IStreamProtection
 from txsocksgss.server.config import split_endpoint_description
 from txsocksgss.server.direct import DirectConnector
 from txsocksgss.server.negotiation import SessionMachine
+from txsocksgss.server.outcomes import Outcome, OutcomeKind
 from txsocksgss.server.splice import EPollReactor, SpliceRelay, reset_on_close
 
 __all__ = ["BareSocketDriver", "LeanListener", "LeanTCPServerEndpoint", "lean_available", "lean_endpoint"]
@@ -275,7 +276,7 @@ class BareSocketDriver:
                 onConnected: Callable[..., bool], onFailed: Callable[[Failure], None]) -> DirectConnector:
         return DirectConnector(self.reactor, addresses, port, timeout, onConnected, onFailed)
 
-    def openTunnel(self, upstream: Any, reply: bytes, onEnd: Callable[[str], None]) -> tuple[SpliceRelay, bytes]:
+    def openTunnel(self, upstream: Any, reply: bytes, onEnd: Callable[[Outcome], None]) -> tuple[SpliceRelay, bytes]:
         """Splice the client's socket (registration and all) with ``upstream``, a bare socket."""
         try:
             sent = self.sock.send(reply)
@@ -333,7 +334,7 @@ class BareSocketDriver:
             _log.info("could not hand a connection from {client} over: {why}",
                       client=machine.record.client if machine.record else "-", why=why)
             machine.adopt(self)
-            machine.close("client closed during negotiation")
+            machine.close(Outcome(OutcomeKind.CLIENT_GONE))
             return None
         self.reactor.callLater(0, self.sock.close)
         return protocol

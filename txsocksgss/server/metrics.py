@@ -12,9 +12,11 @@ changes all the time is read only when Prometheus scrapes: the open
 sessions come from ``ServerContext.sessions`` and the bytes of tunnels still
 open from their relays, so a long tunnel shows its traffic before it ends.
 
-Outcome and reason *classes* are a handful of fixed label values derived
-from the session's outcome text (`outcome_class`, `auth_failure_reason`), so
-the number of time series stays bounded whatever the log says.
+Outcome and reason *classes* are a handful of fixed label values that come
+from the session's `txsocksgss.server.outcomes.Outcome` (its kind's
+`OutcomeClass` and `AuthFailureReason`), never from its text: the number
+of time series stays bounded, and rewording a log line moves no session to
+another label.
 
 `MetricsResource` renders the registry in the reactor thread (the
 prometheus_client Twisted helper would read the sessions from a thread
@@ -44,8 +46,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from txsocksgss._twisted_internals import raise_listen_errors
+from txsocksgss.server.outcomes import AuthFailureReason, OutcomeClass
 from txsocksgss.server.session import SessionRecord
-from txsocksgss.wire.socks5 import ReplyCode
 
 __all__ = [
     "OUTCOME_CLASSES",
@@ -53,100 +55,16 @@ __all__ = [
     "ServerMetrics",
     "MetricsResource",
     "metricsService",
-    "outcome_class",
-    "auth_failure_reason",
 ]
 
-#: The values of the ``outcome`` label of ``socksgss_sessions_total``.
-OUTCOME_CLASSES = (
-    "closed",            # a tunnel or association ended normally (either side closed)
-    "idle_timeout",
-    "shutdown",          # closed by the server stopping
-    "reset",             # the zero-copy relay saw a connection reset
-    "client_aborted",    # the client left before the reply
-    "auth_failed",
-    "denied",            # the access rules refused the request
-    "timeout",           # negotiation timeout, BIND wait timeout
-    "destination_error", # the destination could not be reached (the SOCKS reply code says why)
-    "protocol_error",    # malformed or unexpected input, protection failure
-    "error",             # anything else
-)
+#: The values of the ``outcome`` label of ``socksgss_sessions_total`` (`OutcomeClass`).
+OUTCOME_CLASSES = tuple(c.value for c in OutcomeClass)
 
-#: The values of the ``reason`` label of ``socksgss_auth_failures_total``.
-AUTH_FAILURE_REASONS = (
-    "no_acceptable_method",
-    "bad_credentials",
-    "malformed",
-    "mechanism",         # a GSS-API or MAF failure other than the above
-    "ident",             # SOCKS 4 ident check refused the request
-    "timeout",
-    "error",             # the authenticator or the checker crashed
-    "other",
-)
+#: The values of the ``reason`` label of ``socksgss_auth_failures_total`` (`AuthFailureReason`).
+AUTH_FAILURE_REASONS = tuple(r.value for r in AuthFailureReason)
 
 _HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _UNSELECTED = "unselected"  # the method label before a method is chosen
-_NORMAL_ENDS = frozenset({"closed", "client closed", "upstream closed", "client closed the control connection"})
-_DESTINATION_FAILURES = tuple(f"{code.name.lower().replace('_', ' ')}:" for code in ReplyCode if code)
-_PROTOCOL_ERRORS = ("bad request", "protocol error", "SOCKS 4 request", "client sent too much data",
-                    "protection failure")
-
-
-def auth_failure_reason(outcome: str) -> str | None:
-    """
-    The reason class (one of `AUTH_FAILURE_REASONS`) of a session outcome
-    that is an authentication failure, else ``None``.
-    """
-    if outcome.startswith("no acceptable method"):
-        return "no_acceptable_method"
-    if outcome.startswith("ident:"):
-        return "ident"
-    if outcome == "authentication error":
-        return "error"
-    if outcome == "negotiation timeout in authenticating":
-        return "timeout"
-    if outcome == "client sent too much data during authentication":
-        return "malformed"
-    prefix = "authentication failed: "
-    if not outcome.startswith(prefix):
-        return None
-    reason = outcome[len(prefix):]
-    if "bad user name or password" in reason:
-        return "bad_credentials"
-    if "malformed" in reason or "not UTF-8" in reason:
-        return "malformed"
-    if reason.startswith("password check for"):
-        return "error"
-    if "GSS-API" in reason or reason.startswith("MAF") or "sub-method" in reason:
-        return "mechanism"
-    return "other"
-
-
-def outcome_class(outcome: str) -> str:
-    """The class (one of `OUTCOME_CLASSES`) of a session outcome text."""
-    if outcome in _NORMAL_ENDS:
-        return "closed"
-    if outcome == "client closed during negotiation":
-        return "client_aborted"
-    if outcome == "idle timeout":
-        return "idle_timeout"
-    if outcome == "server shutdown":
-        return "shutdown"
-    if outcome.startswith("reset ("):
-        return "reset"
-    if auth_failure_reason(outcome) is not None:
-        return "auth_failed"
-    if outcome.startswith("denied by "):
-        return "denied"
-    if outcome.startswith("negotiation timeout") or outcome == "BIND: nobody connected in time":
-        return "timeout"
-    if outcome.startswith(_PROTOCOL_ERRORS):
-        return "protocol_error"
-    if outcome.startswith(_DESTINATION_FAILURES):
-        return "destination_error"
-    return "error"
-
-
 def _method_label(method: str) -> str:
     return _UNSELECTED if method == "-" else method
 
@@ -189,12 +107,13 @@ class ServerMetrics:
     def sessionFinished(self, record: SessionRecord) -> None:
         """Count the ended session, its bytes and its authentication failure, if any."""
         method = _method_label(record.method)
-        self.sessions.labels(method, outcome_class(record.outcome)).inc()
+        result = record.result
+        self.sessions.labels(method, result.outcome_class.value if result is not None else "error").inc()
         self._bytes_up += record.bytes_from_client
         self._bytes_down += record.bytes_to_client
-        reason = auth_failure_reason(record.outcome)
+        reason = result.auth_failure_reason if result is not None else None
         if reason is not None:
-            self.auth_failures.labels(method, reason).inc()
+            self.auth_failures.labels(method, reason.value).inc()
 
     # -- read at scrape time ---------------------------------------------------
 

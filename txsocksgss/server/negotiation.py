@@ -51,6 +51,7 @@ from txsocksgss.errors import ProtocolError, UnsupportedAddressType, Unsupported
 from txsocksgss.interfaces import IServerAuthenticator, IServerAuthenticatorFactory, IStreamProtection
 from txsocksgss.server.context import ServerContext
 from txsocksgss.server.limits import Refusal, SessionTicket
+from txsocksgss.server.outcomes import Outcome, OutcomeKind
 from txsocksgss.server.outbound import DestinationUnresolved, ip_literal, is_ip_literal, reply_code_for, resolve
 from txsocksgss.server.rules import AccessRequest, Decision
 from txsocksgss.server.session import SessionRecord
@@ -177,18 +178,18 @@ def allowed_addresses(decide: Callable[[str], Decision], addresses: list[str]) -
     return allowed
 
 
-def failure_outcome(failure: Failure, destination: str) -> tuple[str, ReplyCode]:
+def failure_outcome(failure: Failure, destination: str) -> tuple[Outcome, ReplyCode]:
     """
     The session outcome and the reply code for a request that failed with
     ``failure`` (denied, unresolved, unreachable...); a failure that is not
     a network outcome is a bug, logged with its traceback.
     """
     if failure.check(_Denied):
-        return f"denied by {failure.value}", ReplyCode.NOT_ALLOWED
+        return Outcome(OutcomeKind.DENIED, str(failure.value)), ReplyCode.NOT_ALLOWED
     code = reply_code_for(failure)
     if not failure.check(ierror.ConnectError, DestinationUnresolved, ierror.DNSLookupError):
         _log.failure("unexpected error while serving {destination}", failure, destination=destination)
-    return f"{code.name.lower().replace('_', ' ')}: {failure.getErrorMessage()}", code
+    return Outcome.destination_failed(code, failure.getErrorMessage()), code
 
 
 def log_refusal(context: ServerContext, client: str, refusal: Refusal, now: float) -> None:
@@ -294,7 +295,7 @@ class SessionMachine:
         self._buffer.feed(data)
         if state is SessionState.COMMAND:
             if len(self._buffer) > EARLY_DATA_LIMIT:
-                self.close("client sent too much data before the reply", ReplyCode.GENERAL_FAILURE)
+                self.close(Outcome(OutcomeKind.TOO_MUCH_EARLY_DATA), ReplyCode.GENERAL_FAILURE)
             return
         self._advance()
 
@@ -302,9 +303,9 @@ class SessionMachine:
         """The client shut down its sending side (a tunnel is told by its driver)."""
         if self._command_handler is not None and self.state is SessionState.RELAYING:
             # UDP ASSOCIATE: the association ends with its TCP connection.
-            self.close("client closed the control connection")
+            self.close(Outcome(OutcomeKind.CONTROL_CLOSED))
         else:
-            self.close("client closed during negotiation")
+            self.close(Outcome(OutcomeKind.CLIENT_GONE))
 
     def connectionLost(self) -> None:
         """The client's connection is gone: the admission is released, the session ends."""
@@ -318,7 +319,7 @@ class SessionMachine:
             self.relay.clientLost(None)
         else:
             relaying = self.state is SessionState.RELAYING
-            self.close("client closed" if relaying else "client closed during negotiation")
+            self.close(Outcome(OutcomeKind.CLIENT_CLOSED if relaying else OutcomeKind.CLIENT_GONE))
 
     @property
     def lost(self) -> bool:
@@ -332,17 +333,17 @@ class SessionMachine:
         connection ends now.
         """
         if self.relay is not None:
-            self.relay.close(f"protection failure: {error}")
+            self.relay.close(Outcome(OutcomeKind.PROTECTION_FAILURE, str(error)))
             self.io.close(abort=True)
         else:
-            self.close(f"protection failure: {error}", abort=True)
+            self.close(Outcome(OutcomeKind.PROTECTION_FAILURE, str(error)), abort=True)
 
     def shutdown(self) -> None:
         """Close this session now, whatever its state (server shutdown)."""
         if self.relay is not None:
-            self.relay.close("server shutdown")
+            self.relay.close(Outcome(OutcomeKind.SHUTDOWN))
         else:
-            self.close("server shutdown", abort=True)
+            self.close(Outcome(OutcomeKind.SHUTDOWN), abort=True)
 
     # -- negotiation ----------------------------------------------------------
 
@@ -356,8 +357,7 @@ class SessionMachine:
                     if self._buffer.peek() == SOCKS4_VERSION:
                         if not self.context.socks4:
                             self.version = 4
-                            self.close("SOCKS 4 request, but SOCKS 4 is not enabled (--method socks4)",
-                                       SOCKS4ReplyCode.REJECTED)
+                            self.close(Outcome(OutcomeKind.SOCKS4_DISABLED), SOCKS4ReplyCode.REJECTED)
                             return
                         self._startSOCKS4()
                         continue
@@ -379,13 +379,14 @@ class SessionMachine:
                     self._handleRequest(request)
                 else:
                     return
-        except UnsupportedCommand as error:
-            self.close(f"bad request: {error}", ReplyCode.COMMAND_NOT_SUPPORTED)
-        except UnsupportedAddressType as error:
-            self.close(f"bad request: {error}", ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED)
         except ProtocolError as error:
-            reply = ReplyCode.GENERAL_FAILURE if self.state is SessionState.REQUEST else None
-            self.close(f"protocol error in {self.state.value}: {error}", reply)
+            # The error carries the reply it calls for; a reply is owed
+            # only to a request (docs/protocol.rst, Reply codes).
+            reply = ReplyCode(error.reply_code) if self.state is SessionState.REQUEST else None
+            if isinstance(error, (UnsupportedCommand, UnsupportedAddressType)):
+                self.close(Outcome(OutcomeKind.BAD_REQUEST, str(error)), reply)
+            else:
+                self.close(Outcome.protocol_error(self.state.value, error), reply)
 
     def _startSOCKS4(self) -> None:
         """A first byte of 04: a SOCKS 4 request, with no method negotiation."""
@@ -401,7 +402,7 @@ class SessionMachine:
         if chosen is None:
             self.io.send(MethodSelection(AuthMethod.NO_ACCEPTABLE).serialize())
             offered_text = ",".join(f"{m:#04x}" for m in offered)
-            self.close(f"no acceptable method (client offered {offered_text})")
+            self.close(Outcome(OutcomeKind.NO_ACCEPTABLE_METHOD, offered_text))
             return
         self._method = chosen
         assert self.record is not None
@@ -422,14 +423,14 @@ class SessionMachine:
         if self._auth_pending:
             self._auth_backlog += data
             if len(self._auth_backlog) > EARLY_DATA_LIMIT:
-                self.close("client sent too much data during authentication")
+                self.close(Outcome(OutcomeKind.AUTH_TOO_MUCH_DATA))
             return
         assert self._auth is not None
         try:
             step = self._auth.receive(data)
         except Exception:
             _log.failure("authenticator {method} raised", method=self._methodName())
-            self.close("authentication error")
+            self.close(Outcome(OutcomeKind.AUTH_ERROR))
             return
         self._takeStep(step)
 
@@ -446,7 +447,7 @@ class SessionMachine:
         if failure.check(CancelledError) or self.state is SessionState.CLOSED:
             return
         _log.failure("authenticator {method} raised", failure, method=self._methodName())
-        self.close("authentication error")
+        self.close(Outcome(OutcomeKind.AUTH_ERROR))
 
     def _authStep(self, step: AuthStep) -> None:
         if self.state is not SessionState.AUTHENTICATING:
@@ -467,7 +468,7 @@ class SessionMachine:
         self._auth = None
         if not result.succeeded:
             self._authenticationFailed()
-            self.close(f"authentication failed: {result.reason}")
+            self.close(Outcome.auth_failed(result.reason))
             return
         assert self.record is not None and result.identity is not None
         self.identity = result.identity
@@ -548,7 +549,7 @@ class SessionMachine:
             return
         assert self.record is not None
         if outcome.refusal is not None:
-            self.close(f"ident: {outcome.reason}", outcome.refusal)
+            self.close(Outcome(OutcomeKind.IDENT_REFUSED, outcome.reason), outcome.refusal)
             return
         self.identity = Identity(method=-1, user=outcome.user, attributes={"ident": outcome.ident_answer})
         self.record.user = outcome.user
@@ -637,7 +638,7 @@ class SessionMachine:
         """UDP ASSOCIATE answered: the control connection now only keeps the association alive."""
         self._moveTo(SessionState.RELAYING)
 
-    def closeWith(self, outcome: str, reply: ReplyCode | None = None) -> None:
+    def closeWith(self, outcome: Outcome, reply: ReplyCode | None = None) -> None:
         """End the session from a command (with a failure reply if ``reply``)."""
         self.close(outcome, reply)
 
@@ -696,7 +697,7 @@ class SessionMachine:
 
     # -- endings --------------------------------------------------------------
 
-    def _tunnelEnded(self, outcome: str) -> None:
+    def _tunnelEnded(self, outcome: Outcome) -> None:
         assert self.record is not None and self.relay is not None
         self.record.bytes_from_client = self.relay.bytes_from_client
         self.record.bytes_to_client = self.relay.bytes_from_upstream
@@ -708,9 +709,9 @@ class SessionMachine:
         self._negotiation_timer = None
         if self.state is SessionState.COMMAND:
             phase = self._outgoing.describe() if self._outgoing is not None else self._phase
-            self.close(f"negotiation timeout while {phase}", ReplyCode.TTL_EXPIRED)
+            self.close(Outcome(OutcomeKind.COMMAND_TIMEOUT, phase), ReplyCode.TTL_EXPIRED)
         else:
-            self.close(f"negotiation timeout in {self.state.value}")
+            self.close(Outcome.negotiation_timeout(self.state.value))
 
     def _endNegotiation(self) -> None:
         """Negotiation is over (first reply, or the end): stop the timer, leave the negotiating count."""
@@ -720,7 +721,7 @@ class SessionMachine:
         if self._ticket is not None:
             self._ticket.negotiated()
 
-    def close(self, outcome: str, reply: ReplyCode | SOCKS4ReplyCode | None = None, abort: bool = False) -> None:
+    def close(self, outcome: Outcome, reply: ReplyCode | SOCKS4ReplyCode | None = None, abort: bool = False) -> None:
         """
         End the session before (or without) a tunnel: stop every piece of
         work, send the failure reply if one is owed, log the session line,

@@ -42,6 +42,7 @@ from txsocksgss.server.connector import ReactorConnector
 from txsocksgss.server.context import ServerContext
 from txsocksgss.server.direct import DirectConnector
 from txsocksgss.server.negotiation import SessionMachine, SessionState
+from txsocksgss.server.outcomes import Outcome
 from txsocksgss.server.relay import Relay, UpstreamProtocol
 from txsocksgss.server.splice import SpliceRelay, plain_connection, splice_chosen
 from txsocksgss.server.udp import UDPAssociateCommand
@@ -171,7 +172,7 @@ class SOCKS5ServerProtocol(Protocol):
             return DirectConnector(reactor, addresses, port, timeout, onConnected, onFailed)
         return ReactorConnector(reactor, addresses, port, timeout, onConnected, onFailed)
 
-    def openTunnel(self, upstream: Any, reply: bytes, onEnd: Callable[[str], None]) -> tuple[Any, bytes]:
+    def openTunnel(self, upstream: Any, reply: bytes, onEnd: Callable[[Outcome], None]) -> tuple[Any, bytes]:
         context = self.context
         if isinstance(upstream, socket.socket):  # from DirectConnector: spliced
             rest = send_now(self.transport, reply)

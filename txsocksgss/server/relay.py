@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from txsocksgss.interfaces import ITunnel
 from txsocksgss.server.idle import IdleTimer
+from txsocksgss.server.outcomes import CLIENT_CLOSED, CLOSED, IDLE_TIMEOUT, UPSTREAM_CLOSED, Outcome
 
 __all__ = ["Relay", "UpstreamProtocol"]
 
@@ -48,7 +49,7 @@ class Relay:
         upstream: ITransport,
         clock: IReactorTime,
         idle_timeout: float | None,
-        onEnd: Callable[[str], None],
+        onEnd: Callable[[Outcome], None],
         upstreamProtocol: "UpstreamProtocol | None" = None,
     ) -> None:
         self.client = client
@@ -60,7 +61,7 @@ class Relay:
         self._client_eof = False
         self._upstream_eof = False
         self._ended = False
-        self._idle = IdleTimer(clock, idle_timeout, lambda: self.close("idle timeout"))
+        self._idle = IdleTimer(clock, idle_timeout, lambda: self.close(IDLE_TIMEOUT))
         #: Always False here: the client's transport closes once it has
         #: written what it holds, which a client that never reads can delay.
         self.closed_at_once = False
@@ -111,22 +112,22 @@ class Relay:
         self._endIfDone()
 
     def clientLost(self, reason: Failure | None = None) -> None:
-        self._end("client closed", self.upstream)
+        self._end(CLIENT_CLOSED, self.upstream)
 
     def upstreamLost(self, reason: Failure | None = None) -> None:
-        self._end("upstream closed", self.client)
+        self._end(UPSTREAM_CLOSED, self.client)
 
-    def close(self, outcome: str) -> None:
+    def close(self, outcome: Outcome) -> None:
         """End the relay now (shutdown, timeout): close both connections."""
         if self._end(outcome, self.upstream):
             self.client.loseConnection()
 
     def _endIfDone(self) -> None:
         if self._client_eof and self._upstream_eof:
-            if self._end("closed", self.upstream):
+            if self._end(CLOSED, self.upstream):
                 self.client.loseConnection()
 
-    def _end(self, outcome: str, other: ITransport) -> bool:
+    def _end(self, outcome: Outcome, other: ITransport) -> bool:
         if self._ended:
             return False
         self._ended = True

@@ -14,6 +14,8 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
+from txsocksgss.server.outcomes import Outcome
+
 __all__ = ["SessionObserver", "SessionRecord"]
 
 _log = Logger(namespace="txsocksgss.session")
@@ -53,6 +55,7 @@ class SessionRecord:
     bytes_from_client: int = 0
     bytes_to_client: int = 0
     outcome: str = ""
+    result: Outcome | None = None
     finished: bool = False
     replied: float | None = None
     observers: list[SessionObserver] = field(default_factory=list, repr=False, compare=False)
@@ -68,12 +71,17 @@ class SessionRecord:
             except Exception:
                 _log.failure("session observer {observer!r} failed on the reply", observer=observer)
 
-    def finish(self, now: float, outcome: str) -> bool:
-        """Log the session line (one event) once and tell the observers; return False if it was already logged."""
+    def finish(self, now: float, outcome: Outcome) -> bool:
+        """
+        Log the session line (one event) once and tell the observers; return
+        False if it was already logged.  ``outcome`` becomes ``result``, and
+        its text ``outcome``.
+        """
         if self.finished:
             return False
         self.finished = True
-        self.outcome = outcome
+        self.result = outcome
+        self.outcome = outcome = str(outcome)  # type: ignore[assignment]
         user = self.user if self.user is not None else "-"
         duration = max(0.0, now - self.started)
         # The line is built once here: string.Formatter on a dozen fields

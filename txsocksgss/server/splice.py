@@ -62,6 +62,7 @@ from txsocksgss._twisted_internals import (
 )
 from txsocksgss.interfaces import ITunnel
 from txsocksgss.server.idle import IdleTimer
+from txsocksgss.server.outcomes import CLIENT_CLOSED, CLOSED, IDLE_TIMEOUT, UPSTREAM_CLOSED, Outcome, OutcomeKind
 
 __all__ = ["SpliceRelay", "splice_available", "splice_chosen", "plain_connection", "reset_on_close", "PIPE_SIZE",
            "COPY_LIMIT", "EPollReactor"]
@@ -424,7 +425,7 @@ class SpliceRelay:
     """
 
     def __init__(self, client: Any, upstream: Any, reactor: Any, idle_timeout: float | None,
-                 onEnd: Callable[[str], None], reader: Any = None, upstreamProtocol: Any = None) -> None:
+                 onEnd: Callable[[Outcome], None], reader: Any = None, upstreamProtocol: Any = None) -> None:
         self.client = client
         #: The `UpstreamProtocol` of a transport ``upstream``, told of the
         #: relay once it has started (it reports the connection's loss).
@@ -439,7 +440,7 @@ class SpliceRelay:
         #: (see `_end`): the client cannot hold on to its connection after it.
         self.closed_at_once = False
         self._onEnd = onEnd
-        self.idle = IdleTimer(reactor, idle_timeout, lambda: self._end("idle timeout"))
+        self.idle = IdleTimer(reactor, idle_timeout, lambda: self._end(IDLE_TIMEOUT))
         self._up = _Direction(self, "client->upstream")
         self._down = _Direction(self, "upstream->client")
         #: Whether the relay can close both connections itself when both
@@ -490,12 +491,12 @@ class SpliceRelay:
         pass
 
     def clientLost(self, reason: Failure | None = None) -> None:
-        self._end("client closed")
+        self._end(CLIENT_CLOSED)
 
     def upstreamLost(self, reason: Failure | None = None) -> None:
-        self._end("upstream closed")
+        self._end(UPSTREAM_CLOSED)
 
-    def close(self, outcome: str) -> None:
+    def close(self, outcome: Outcome) -> None:
         self._end(outcome)
 
     def otherDirection(self, direction: _Direction) -> _Direction:
@@ -503,12 +504,12 @@ class SpliceRelay:
 
     def directionDone(self) -> None:
         if self._up.done and self._down.done:
-            self._end("closed", at_once=True)
+            self._end(CLOSED, at_once=True)
 
     def failed(self, why: str) -> None:
-        self._end(f"reset ({why})", abort=True)
+        self._end(Outcome(OutcomeKind.RESET, why), abort=True)
 
-    def _end(self, outcome: str, abort: bool = False, at_once: bool = False) -> None:
+    def _end(self, outcome: Outcome, abort: bool = False, at_once: bool = False) -> None:
         if self.ended:
             return
         self.ended = True

@@ -33,6 +33,7 @@ from txsocksgss.errors import ProtocolError
 from txsocksgss.interfaces import ICommand
 from txsocksgss.server.idle import IdleTimer
 from txsocksgss.server.outbound import resolve
+from txsocksgss.server.outcomes import IDLE_TIMEOUT, Outcome, OutcomeKind
 from txsocksgss.wire.socks5 import Address, ReplyCode
 from txsocksgss.wire.udp import UDPDatagram, parse_udp_datagram
 
@@ -106,12 +107,13 @@ class UDPAssociateCommand:
         self._open_call: Any = None
         self._stopped = False
         self._idle = IdleTimer(session.context.reactor, session.context.idle_timeout,
-                               lambda: self.session.closeWith("idle timeout"))
+                               lambda: self.session.closeWith(IDLE_TIMEOUT))
 
     def start(self) -> None:
         interface = self.session.listeningInterface()
         if interface is None or not self._client_host:
-            self.session.closeWith("UDP ASSOCIATE needs a TCP listener and, on others, --external ADDRESS",
+            self.session.closeWith(Outcome(OutcomeKind.COMMAND_ERROR,
+                                           "UDP ASSOCIATE needs a TCP listener and, on others, --external ADDRESS"),
                                    ReplyCode.GENERAL_FAILURE)
             return
         # Sockets are opened on the next reactor turn, not while this poll's
@@ -130,7 +132,7 @@ class UDPAssociateCommand:
         try:
             self._client_side = context.reactor.listenUDP(0, _ClientSide(self), interface=interface, maxPacketSize=_MAX_DATAGRAM)
         except Exception as error:  # CannotListenError and friends
-            self.session.closeWith(f"UDP ASSOCIATE: cannot listen on {interface}: {error}",
+            self.session.closeWith(Outcome(OutcomeKind.COMMAND_ERROR, f"UDP ASSOCIATE: cannot listen on {interface}: {error}"),
                                    ReplyCode.GENERAL_FAILURE)
             return
         bound = self._client_side.getHost()
