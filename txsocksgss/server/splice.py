@@ -431,7 +431,7 @@ class SpliceRelay:
         #: relay once it has started (it reports the connection's loss).
         self._upstream_protocol = upstreamProtocol
         #: The descriptor that reads a bare ``client`` socket until the relay
-        #: takes it over (`txsocksgss.server.lean.LeanSession`).
+        #: takes it over (`txsocksgss.server.lean.BareSocketDriver`).
         self._reader = reader
         self.upstream = upstream
         self.reactor = reactor
