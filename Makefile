@@ -17,7 +17,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 PROXY_ARGS ?=
 BENCH_ARGS ?=
-TRIAL_MODULES := tests.wire tests.auth.test_maf tests.auth.test_gssapi_conversation tests.auth.test_passwordfile
+TRIAL_MODULES := tests.wire tests.auth.test_maf tests.auth.test_gssapi_conversation tests.auth.test_passwordfile tests.server.test_negotiation
 
 .PHONY: run test test-trial docs bench bench-smoke
 

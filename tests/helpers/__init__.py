@@ -17,5 +17,7 @@ and never from one another.
 ``ports``         free ports, the test KDC's port range, a port that never answers
 ``processes``     external programs: require_program, run_program, WatchedProcess, spawnTwistd
 ``servers``       destination servers: echo (TCP, UDP), HTTP bytes, banner
+``session_io``    the session machine on fakes: a recording ISessionIO, connectors, tunnels,
+                  commands, a scripted method, a protection, an ident checker (machine_on_fakes)
 ``stress``        resource accounting, seeded pumps, bounded waits for the soak and hostile tests
 """

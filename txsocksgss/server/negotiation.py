@@ -539,9 +539,12 @@ class SessionMachine:
             d: Deferred[Any] = succeed(IdentOutcome(user=userid or None))
         else:
             d = checker.check(self.client or ("", 0), self.server or ("", 0), userid)
+        # Noted before the callbacks are added: a check answered at once goes
+        # on to the lookup of a 4a name, whose Deferred `_connect` notes as
+        # the work to cancel; noting the fired check after it would lose it.
+        self._pending = d
         d.addCallback(self._identChecked, request.command, destination)
         d.addErrback(self.commandFailed)
-        self._pending = d
 
     def _identChecked(self, outcome: IdentOutcome, command: SOCKS4Command, destination: Address) -> None:
         self._pending = None
