@@ -17,7 +17,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 PROXY_ARGS ?=
 BENCH_ARGS ?=
-TRIAL_MODULES := tests.wire tests.auth.test_maf tests.auth.test_gssapi_conversation tests.auth.test_passwordfile tests.server.test_negotiation
+TRIAL_MODULES := tests.wire tests.auth.test_maf tests.auth.test_gssapi_conversation tests.auth.test_passwordfile tests.server.test_negotiation tests.client.test_against_own_server_in_memory
 
 .PHONY: run test test-trial docs bench bench-smoke
 

@@ -36,6 +36,7 @@ from txsocksgss.interfaces import (
 from txsocksgss.server.context import ServerContext
 from txsocksgss.server.limits import LimitSettings, SessionLimits
 from txsocksgss.server.negotiation import SessionMachine
+from txsocksgss.server.outcomes import CLIENT_CLOSED, CLOSED, IDLE_TIMEOUT, UPSTREAM_CLOSED, Outcome
 from txsocksgss.server.rules import ALLOW_ALL
 from txsocksgss.wire.socks5 import Address
 
@@ -81,6 +82,9 @@ class FakeConnector:
         self._onFailed(Failure(error))
 
 
+_TUNNEL_ENDINGS = {str(o): o for o in (CLOSED, CLIENT_CLOSED, UPSTREAM_CLOSED, IDLE_TIMEOUT)}
+
+
 @implementer(ITunnel)
 class FakeTunnel:
     """A tunnel the test ends with `end`."""
@@ -106,14 +110,17 @@ class FakeTunnel:
         pass
 
     def clientLost(self, reason: Any) -> None:
-        self.end("client closed")
+        self.end(CLIENT_CLOSED)
 
-    def close(self, outcome: str) -> None:
+    def close(self, outcome: Outcome) -> None:
         self.end(outcome)
 
-    def end(self, outcome: str, up: int = 0, down: int = 0) -> None:
+    def end(self, outcome: Outcome | str, up: int = 0, down: int = 0) -> None:
+        """End with ``outcome`` (a tunnel's own endings may be named by their text: "upstream closed")."""
         if self.ended is None:
-            self.ended = outcome
+            if isinstance(outcome, str):
+                outcome = _TUNNEL_ENDINGS[outcome]
+            self.ended = str(outcome)
             self.bytes_from_client, self.bytes_from_upstream = up, down
             self._onEnd(outcome)
 

@@ -60,6 +60,7 @@ from txsocksgss.server.negotiation import (
     NEGOTIATION_BUFFER_LIMIT,
     SessionState,
 )
+from txsocksgss.server.outcomes import Outcome, OutcomeKind
 from txsocksgss.server.rules import rules_from_table
 from txsocksgss.wire.socks4 import SOCKS4Command, SOCKS4Reply, SOCKS4ReplyCode, SOCKS4Request
 from txsocksgss.wire.socks5 import Address, Command, Greeting, Reply, ReplyCode, Request
@@ -1258,3 +1259,16 @@ class SessionEventsTests(SessionEvents.TestCase):
 
     def test_random_orders_of_events(self):
         self.runTest()
+
+
+class CloseDuringTunnelTests(SynchronousTestCase):
+    def test_closing_a_relaying_session_closes_its_tunnel_and_logs_once(self) -> None:
+        machine, io, _clock = machine_on_fakes()
+        machine.dataReceived(b"\x05\x01\x00" + request("192.0.2.1"))
+        [connector] = io.connectors
+        connector.succeed()
+        [tunnel] = io.tunnels
+        machine.closeWith(Outcome(OutcomeKind.COMMAND_ERROR, "late"))
+        self.assertEqual(str(tunnel.ended), "late")
+        self.assertIs(machine.state, SessionState.CLOSED)
+        self.assertEqual(machine.record.outcome, "late")

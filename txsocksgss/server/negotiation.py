@@ -729,8 +729,13 @@ class SessionMachine:
         End the session before (or without) a tunnel: stop every piece of
         work, send the failure reply if one is owed, log the session line,
         and have the driver close the connection (``abort``: with a reset).
+        With a tunnel running, the tunnel is closed instead, and its end
+        ends the session.
         """
         if self.state is SessionState.CLOSED:
+            return
+        if self.relay is not None:
+            self.relay.close(outcome)
             return
         self._moveTo(SessionState.CLOSED)
         self._endNegotiation()
