@@ -116,9 +116,13 @@ def _strings(label: str, comma_separated: bool = False) -> Coerce:
     def coerce(value: Any) -> tuple[str, ...]:
         if comma_separated and isinstance(value, str):
             value = [v.strip() for v in value.split(",")]
-        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        try:
+            items = None if isinstance(value, str) else tuple(value)
+        except TypeError:  # a number or a boolean where the file should have a list
+            items = None
+        if items is None or not all(isinstance(item, str) for item in items):
             raise ConfigError(f"{label} must be a list of strings")
-        return tuple(value)
+        return items
 
     return coerce
 
