@@ -31,6 +31,7 @@ from txsocksgss.server.rules import ALLOW_ALL
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "DESTINATION_GUARD_CHOICES",
     "GSSAPI_LEVEL_NAMES",
     "GSSAPI_MECH_CHOICES",
     "GSSAPI_WRAP_CHOICES",
