@@ -40,6 +40,7 @@ LAYERS = {
     "txsocksgss.server.limits": 3,
     "txsocksgss.server.session": 3,
     "txsocksgss.server.config": 3,
+    "txsocksgss.server.settings": 3,
     "txsocksgss.server.outbound": 3,
     "txsocksgss.server.idle": 3,
     "txsocksgss.server.reload": 3,

@@ -1,6 +1,9 @@
 """
 The server's configuration: one immutable `Config`, built from command-line
-options, a TOML file, or code, and validated once.
+options, a TOML file, or code, and validated once.  Its fields' defaults,
+TOML keys, coercion and per-value checks come from the table of settings,
+`txsocksgss.server.settings.SETTINGS`; the checks that need several
+settings at once are here, in `Config.validate`.
 
 Precedence: a value given on the command line beats the TOML file, which
 beats the default.  Every error is a `txsocksgss.errors.ConfigError` whose
@@ -12,65 +15,32 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
-
-from twisted.internet.endpoints import serverFromString
 
 from txsocksgss.auth.maf import SUBMETHOD_IDS
 from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.errors import ConfigError
 from txsocksgss.interfaces import IServerAuthenticatorFactory
-from txsocksgss.server.rules import ALLOW_ALL, RuleSet, load_rules, rules_from_table
+from txsocksgss.server.rules import RuleSet, load_rules, rules_from_table
+from txsocksgss.server.settings import DEFAULT_LISTEN, SETTINGS, default_of, setting_named
 from txsocksgss.wire.socks5 import AuthMethod
 
 __all__ = ["Config", "DEFAULT_LISTEN", "KNOWN_METHODS", "endpoint_is_loopback"]
 
-DEFAULT_LISTEN = "tcp:1080:interface=127.0.0.1"
 KNOWN_METHODS = ("none", "userpass", "gssapi", "maf", "socks4")
-GSSAPI_MECH_CHOICES = ("krb5", "spnego", "any")
-GSSAPI_WRAP_CHOICES = ("auto", "library")
-GSSAPI_LEVEL_NAMES = ("confidentiality", "integrity", "clear")
 
 # TOML key -> Config field.  Rules live under `default` and `[[rule]]`.
-_TOML_KEYS = {
-    "listen": "listen",
-    "methods": "methods",
-    "passwd": "passwd",
-    "rules": "rules_file",
-    "negotiation_timeout": "negotiation_timeout",
-    "idle_timeout": "idle_timeout",
-    "shutdown_grace": "shutdown_grace",
-    "metrics": "metrics",
-    "allow_open": "allow_open",
-    "external": "external",
-    "gssapi_keytab": "gssapi_keytab",
-    "gssapi_service": "gssapi_service",
-    "gssapi_mech": "gssapi_mech",
-    "gssapi_protection": "gssapi_protection",
-    "gssapi_nec": "gssapi_nec",
-    "gssapi_wrap": "gssapi_wrap",
-    "ident": "ident",
-    "ident_port": "ident_port",
-    "ident_timeout": "ident_timeout",
-    "maf_chains": "maf_chains",
-    "maf_continue_on_failure": "maf_continue_on_failure",
-    "splice": "splice",
-    "workers": "workers",
-    "max_sessions": "max_sessions",
-    "max_sessions_per_client": "max_sessions_per_client",
-    "max_negotiating": "max_negotiating",
-    "auth_fail_limit": "auth_fail_limit",
-    "auth_fail_window": "auth_fail_window",
-    "destination_guard": "destination_guard",
-}
+_TOML_KEYS = {setting.toml_key: setting.name for setting in SETTINGS if setting.toml_key}
 _RULE_KEYS = ("default", "rule")
 
 
 @dataclass(frozen=True)
 class Config:
     """
-    Every setting of the server.
+    Every setting of the server.  Each field has one row in
+    `txsocksgss.server.settings.SETTINGS`, which gives its default, TOML
+    key, option, coercion and checks.
 
     :ivar listen: Twisted server endpoint strings, one listener each.
     :ivar methods: authentication methods in order of preference
@@ -127,36 +97,36 @@ class Config:
         metadata, unspecified and the proxy's own addresses as destinations.
     """
 
-    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
-    methods: tuple[str, ...] = ()
-    passwd: str | None = None
-    rules: RuleSet = field(default=ALLOW_ALL)
-    rules_file: str | None = None
-    negotiation_timeout: float = 30.0
-    idle_timeout: float | None = 3600.0
-    shutdown_grace: float = 10.0
-    metrics: str | None = None
-    allow_open: bool = False
-    external: str | None = None
-    gssapi_keytab: str | None = None
-    gssapi_service: str = "rcmd"
-    gssapi_mech: str = "any"
-    gssapi_protection: tuple[str, ...] = ("confidentiality", "integrity")
-    gssapi_nec: bool = False
-    gssapi_wrap: str = "auto"
-    ident: str = "off"
-    ident_port: int = 113
-    ident_timeout: float = 10.0
-    maf_chains: tuple[str, ...] = ()
-    maf_continue_on_failure: bool = False
-    splice: bool = True
-    workers: int = 1
-    max_sessions: int = 10000
-    max_sessions_per_client: int = 256
-    max_negotiating: int = 1000
-    auth_fail_limit: int = 5
-    auth_fail_window: float = 60.0
-    destination_guard: str = "auto"
+    listen: tuple[str, ...] = default_of("listen")
+    methods: tuple[str, ...] = default_of("methods")
+    passwd: str | None = default_of("passwd")
+    rules: RuleSet = default_of("rules")
+    rules_file: str | None = default_of("rules_file")
+    negotiation_timeout: float = default_of("negotiation_timeout")
+    idle_timeout: float | None = default_of("idle_timeout")
+    shutdown_grace: float = default_of("shutdown_grace")
+    metrics: str | None = default_of("metrics")
+    allow_open: bool = default_of("allow_open")
+    external: str | None = default_of("external")
+    gssapi_keytab: str | None = default_of("gssapi_keytab")
+    gssapi_service: str = default_of("gssapi_service")
+    gssapi_mech: str = default_of("gssapi_mech")
+    gssapi_protection: tuple[str, ...] = default_of("gssapi_protection")
+    gssapi_nec: bool = default_of("gssapi_nec")
+    gssapi_wrap: str = default_of("gssapi_wrap")
+    ident: str = default_of("ident")
+    ident_port: int = default_of("ident_port")
+    ident_timeout: float = default_of("ident_timeout")
+    maf_chains: tuple[str, ...] = default_of("maf_chains")
+    maf_continue_on_failure: bool = default_of("maf_continue_on_failure")
+    splice: bool = default_of("splice")
+    workers: int = default_of("workers")
+    max_sessions: int = default_of("max_sessions")
+    max_sessions_per_client: int = default_of("max_sessions_per_client")
+    max_negotiating: int = default_of("max_negotiating")
+    auth_fail_limit: int = default_of("auth_fail_limit")
+    auth_fail_window: float = default_of("auth_fail_window")
+    destination_guard: str = default_of("destination_guard")
 
     @property
     def effective_methods(self) -> tuple[str, ...]:
@@ -190,9 +160,9 @@ class Config:
         for key, attribute in _TOML_KEYS.items():
             if key in table:
                 values[attribute] = table[key]
-        for key in ("passwd", "rules_file", "gssapi_keytab"):
-            if isinstance(values.get(key), str):
-                values[key] = os.path.join(base, values[key])
+        for setting in SETTINGS:
+            if setting.relative_path and isinstance(values.get(setting.name), str):
+                values[setting.name] = os.path.join(base, values[setting.name])
         if "rule" in table or "default" in table:
             if "rules_file" in values:
                 raise ConfigError(f"{source}: give either `rules = FILE` or inline [[rule]] tables, not both")
@@ -221,78 +191,32 @@ class Config:
         return config
 
     def validate(self) -> None:
-        """Raise `ConfigError` for any invalid or unsafe combination."""
-        if not self.listen:
-            raise ConfigError("no listening address: give at least one --listen ENDPOINT")
+        """
+        Raise `ConfigError` for any invalid or unsafe combination: each
+        value by its setting's check, and the checks of several settings.
+        """
+        # The method names first, as the command line has always refused a bad --method first.
         for method in self.effective_methods:
             if method not in KNOWN_METHODS:
                 raise ConfigError(f"unknown method {method!r}; known: {', '.join(KNOWN_METHODS)}")
         if len(set(self.effective_methods)) != len(self.effective_methods):
             raise ConfigError(f"a method is listed twice: {', '.join(self.effective_methods)}")
-        if self.negotiation_timeout <= 0:
-            raise ConfigError("negotiation timeout must be a positive number of seconds")
-        if self.idle_timeout is not None and self.idle_timeout < 0:
-            raise ConfigError("idle timeout must be 0 (never) or a positive number of seconds")
-        if self.shutdown_grace < 0:
-            raise ConfigError("shutdown grace must be 0 (close at once) or a positive number of seconds")
-        if self.metrics is not None:
-            _check_metrics_endpoint(self.metrics, self.workers)
-        if self.gssapi_wrap not in GSSAPI_WRAP_CHOICES:
-            raise ConfigError(f"--gssapi-wrap must be one of {', '.join(GSSAPI_WRAP_CHOICES)}, not {self.gssapi_wrap!r}")
-        if self.gssapi_mech not in GSSAPI_MECH_CHOICES:
-            raise ConfigError(f"--gssapi-mech must be one of {', '.join(GSSAPI_MECH_CHOICES)}, not {self.gssapi_mech!r}")
-        if not self.gssapi_protection or any(p not in GSSAPI_LEVEL_NAMES for p in self.gssapi_protection):
-            raise ConfigError(
-                f"--gssapi-protection takes a comma-separated list of {', '.join(GSSAPI_LEVEL_NAMES)}, "
-                f"not {','.join(self.gssapi_protection)!r}"
-            )
-        if len(set(self.gssapi_protection)) != len(self.gssapi_protection):
-            raise ConfigError("--gssapi-protection lists a level twice")
-        if not self.gssapi_service or "/" in self.gssapi_service or "@" in self.gssapi_service:
-            raise ConfigError(f"--gssapi-service must be a bare service name such as rcmd, not {self.gssapi_service!r}")
+        if self.metrics is not None and self.workers > 1:
+            raise ConfigError("--metrics cannot be used with --workers yet: each process would count "
+                              "only the connections it serves")
+        for setting in SETTINGS:
+            setting.check(getattr(self, setting.name))
         if "maf" in self.effective_methods and not self.maf_chains:
             raise ConfigError("method maf needs at least one --maf-chain, e.g. --maf-chain userpass+gssapi=2")
         for spec in self.maf_chains:
             parse_maf_chain(spec)
-        if not 1 <= self.workers <= 256:
-            raise ConfigError(f"workers must be 1 to 256, not {self.workers}")
         if self.workers > 1:
             for description in self.listen:
                 reuse_port_listener(description)  # raises ConfigError for unsuitable listeners
-        if self.ident not in ("off", "log", "require"):
-            raise ConfigError(f"ident must be off, log or require, not {self.ident!r}")
-        if not 1 <= self.ident_port <= 65535:
-            raise ConfigError(f"ident port {self.ident_port} is not a port number")
-        if self.ident_timeout <= 0:
-            raise ConfigError("ident timeout must be a positive number of seconds")
-        for name in ("max_sessions", "max_sessions_per_client", "max_negotiating", "auth_fail_limit"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 (unlimited) or a positive number")
-        if self.auth_fail_window <= 0:
-            raise ConfigError("--auth-fail-window must be a positive number of seconds")
-        if self.destination_guard not in ("on", "off", "auto"):
-            raise ConfigError(f"--destination-guard must be on, off or auto, not {self.destination_guard!r}")
-        if self.external is not None:
-            try:
-                ipaddress.ip_address(self.external)
-            except ValueError:
-                raise ConfigError(f"--external must be an IP address, not {self.external!r}") from None
         if {"none", "socks4", "maf"} & set(self.effective_methods) and not self.allow_open:
             # Checked again on the methods actually served (by makeServerFactory);
             # here so that a bad configuration fails before anything is built.
             check_open_proxy(self, [NoAuthServerFactory()] if "none" in self.effective_methods else [])
-
-
-def _check_metrics_endpoint(description: str, workers: int) -> None:
-    """Refuse a metrics endpoint string Twisted cannot parse, and metrics with several workers."""
-    if workers > 1:
-        raise ConfigError("--metrics cannot be used with --workers yet: each process would count "
-                          "only the connections it serves")
-    try:
-        serverFromString(None, description)  # parses only; nothing listens
-    except (ValueError, TypeError, KeyError, OSError) as error:
-        raise ConfigError(f"--metrics {description!r} is not a server endpoint string such as "
-                          f"tcp:9180:interface=127.0.0.1 ({error})") from None
 
 
 def parse_maf_chain(spec: str) -> tuple[tuple[str, ...], int]:
@@ -313,56 +237,8 @@ def parse_maf_chain(spec: str) -> tuple[tuple[str, ...], int]:
 
 
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in ("listen", "methods", "gssapi_protection", "maf_chains"):
-            if key == "gssapi_protection" and isinstance(value, str):
-                value = [v.strip() for v in value.split(",")]
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{key} must be a list of strings")
-            out[key] = tuple(value)
-        elif key in ("ident_port", "workers"):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{key} must be a whole number, not {value!r}")
-            out[key] = value
-        elif key in ("negotiation_timeout", "idle_timeout", "ident_timeout"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{key.replace('_', ' ')} must be a number of seconds, not {value!r}")
-            out[key] = None if key == "idle_timeout" and value == 0 else float(value)
-        elif key in ("allow_open", "gssapi_nec", "maf_continue_on_failure", "splice"):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{key} must be true or false")
-            out[key] = value
-        elif key == "shutdown_grace":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"shutdown grace must be a number of seconds, not {value!r}")
-            out[key] = float(value)
-        elif key == "metrics":
-            if value is not None and not isinstance(value, str):
-                raise ConfigError("metrics must be a server endpoint string such as tcp:9180:interface=127.0.0.1")
-            out[key] = value or None
-        elif key in ("passwd", "rules_file", "external", "gssapi_keytab", "gssapi_service", "gssapi_mech", "gssapi_wrap",
-                     "ident"):
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(f"{key} must be a string")
-            out[key] = value
-        elif key in ("max_sessions", "max_sessions_per_client", "max_negotiating", "auth_fail_limit"):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{key} must be a whole number (0 for unlimited), not {value!r}")
-            out[key] = value
-        elif key == "auth_fail_window":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{key} must be a number of seconds, not {value!r}")
-            out[key] = float(value)
-        elif key == "destination_guard":
-            if not isinstance(value, str):
-                raise ConfigError(f"{key} must be on, off or auto")
-            out[key] = value
-        elif key == "rules":
-            out[key] = value
-        else:
-            raise ConfigError(f"unknown setting {key!r}")
-    return out
+    """Each of ``values`` (Config field -> loose value) coerced by its setting."""
+    return {name: setting_named(name).coerce(value) for name, value in values.items()}
 
 
 def split_endpoint_description(description: str) -> tuple[str, list[str], dict[str, str]]:
