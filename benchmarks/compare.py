@@ -50,7 +50,7 @@ from benchmarks.proxies import TEXT_LOGGER, Proxy, ProxyStartError, start_txsock
 from benchmarks.report import write_json
 from benchmarks.runner import ROOT, machine_info, measure_direct, measure_proxy, raise_fd_limit, tree_version
 from benchmarks.settings import SIZE_OPTIONS, SMOKE, Settings
-from benchmarks.userpass import measure_userpass_rate, password_file, userpass_method_args
+from benchmarks.userpass import DEFAULT_COST_SECONDS, measure_userpass_rate, password_file, userpass_method_args
 
 __all__ = ["Variant", "variants_for", "compare", "combine_rounds", "format_markdown", "main"]
 
@@ -140,10 +140,11 @@ def _group_none(variant: Variant, context: "_Context") -> dict[str, Any]:
 def _group_userpass(cost: str, short: str) -> Callable[[Variant, "_Context"], dict[str, Any]]:
     def measure(variant: Variant, context: "_Context") -> dict[str, Any]:
         method_args = userpass_method_args(password_file(context.workdir, cost))
+        seconds = DEFAULT_COST_SECONDS if cost == "scrypt-default" else 0.0
         context.say(f"{variant.name}: username/password, {cost} ({context.settings.rate_concurrency} at a time, "
-                    f"{context.settings.rate_seconds:g} s)")
+                    f"{max(seconds, context.settings.rate_seconds):g} s)")
         with _start(variant, context.workdir, context.settings, method_args, cost) as proxy:
-            figures = measure_userpass_rate(proxy, context.destination.echo_port, context.settings)
+            figures = measure_userpass_rate(proxy, context.destination.echo_port, context.settings, seconds)
             _alive(proxy)
         result = {key.replace("userpass_", f"userpass_{short}_", 1): value for key, value in figures.items()}
         _per_session_us(result, f"userpass_{short}_")

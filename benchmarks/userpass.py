@@ -30,15 +30,17 @@ from benchmarks.processes import wait_until_quiet
 from benchmarks.proxies import Proxy
 from benchmarks.settings import Settings
 
-__all__ = ["USER", "PASSWORD", "COSTS", "password_file", "userpass_method_args", "measure_userpass_rate"]
+__all__ = ["USER", "PASSWORD", "COSTS", "DEFAULT_COST_SECONDS", "password_file", "userpass_method_args", "measure_userpass_rate"]
 
 USER = b"bench"
 PASSWORD = b"bench-password"
 # The scrypt cost of each password file: set_password's keyword arguments (hash_password's n, r, p).
+# The default cost's rate runs for at least DEFAULT_COST_SECONDS (see measure_userpass_rate).
 COSTS: dict[str, dict[str, int]] = {
     "scrypt-default": {},
     "scrypt-cheap": {"n": 2**4},
 }
+DEFAULT_COST_SECONDS = 3.0
 
 
 def password_file(workdir: str, cost: str) -> str:
@@ -56,14 +58,17 @@ def userpass_method_args(passwd: str) -> list[str]:
     return ["--method", "userpass", "--passwd", passwd]
 
 
-def measure_userpass_rate(proxy: Proxy, echo_port: int, settings: Settings) -> dict[str, Any]:
+def measure_userpass_rate(proxy: Proxy, echo_port: int, settings: Settings, min_seconds: float = 0.0
+                          ) -> dict[str, Any]:
     """
     `measure_connection_rate` with method 02 against ``proxy`` (a warm-up
-    first, see the module's docstring), its keys prefixed ``userpass_``.
+    first, see the module's docstring) for ``settings.rate_seconds``, or
+    ``min_seconds`` if longer (a slow hash completes few sessions: a short
+    run may see none), its keys prefixed ``userpass_``.
     """
     measure_connection_rate(proxy.port, echo_port, settings.rate_concurrency, settings.rate_processes,
                             min(1.0, settings.rate_seconds), proxy.pid, (USER, PASSWORD))
     wait_until_quiet(proxy.pid)
     result = measure_connection_rate(proxy.port, echo_port, settings.rate_concurrency, settings.rate_processes,
-                                     settings.rate_seconds, proxy.pid, (USER, PASSWORD))
+                                     max(min_seconds, settings.rate_seconds), proxy.pid, (USER, PASSWORD))
     return {f"userpass_{key}": value for key, value in result.items()}
