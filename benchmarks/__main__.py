@@ -14,7 +14,7 @@ import sys
 from benchmarks.proxies import ProxyStartError
 from benchmarks.report import format_table, missing_fields, write_json
 from benchmarks.runner import ROOT, run
-from benchmarks.settings import PROXIES, SMOKE, Settings
+from benchmarks.settings import PROXIES, SIZE_OPTIONS, SMOKE, Settings
 
 DEFAULT_OUTPUT = f"{ROOT}/benchmarks/results"
 
@@ -32,21 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"comma-separated proxies to measure (default {','.join(PROXIES)})")
     parser.add_argument("--no-gss", action="store_true", help="skip the GSS-API measurements")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT, help="where the JSON goes (default %(default)s)")
-    for name, help_text in (
-        ("bulk_runs", "bulk runs each way"),
-        ("bulk_mb", "megabytes per bulk run"),
-        ("rate_concurrency", "connections in flight in the rate test"),
-        ("rate_processes", "load-generator processes"),
-        ("rate_seconds", "duration of the rate test"),
-        ("rate_rounds", "rate-test rounds per proxy, the proxies taking turns (the median is reported)"),
-        ("latency_count", "handshakes for the latency percentiles"),
-        ("idle_tunnels", "idle tunnels for the memory measurement"),
-        ("gss_runs", "GSS-API bulk runs per level and direction"),
-        ("gss_mb", "megabytes per GSS-API bulk run"),
-        ("gss_rate_concurrency", "GSS-API handshakes in flight"),
-        ("gss_rate_processes", "GSS-API client processes"),
-        ("gss_rate_seconds", "duration of the GSS-API handshake test"),
-    ):
+    for name, help_text in SIZE_OPTIONS:
         default = getattr(defaults, name)
         parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
                             help=f"{help_text} (default {default:g}; --smoke: {SMOKE.get(name, default):g})")

@@ -3,7 +3,9 @@ Connection rate: complete SOCKS 5 handshakes (method none, CONNECT to the
 echo port), a 1-byte echo and the close (the destination closes first,
 the proxy passes it on, the client closes when it sees the end of
 stream), with a fixed number in flight, for a fixed time; "direct" does
-the TCP connect, the echo and the close only.
+the TCP connect, the echo and the close only.  With ``credentials`` the
+client offers method 02 instead and sends the username/password request
+(RFC 1929) before the CONNECT, each step waiting for its answer as before.
 
 The load generator is ``processes`` forked processes, each running a tight
 epoll loop over non-blocking sockets that keeps its share of
@@ -24,7 +26,8 @@ import time
 from typing import Any, Callable
 
 from benchmarks.processes import tree_cpu_seconds
-from benchmarks.socks import GREETING, LOOPBACK, METHOD_NONE, connect_request, reply_length
+from benchmarks.socks import (GREETING, GREETING_USERPASS, LOOPBACK, METHOD_NONE, METHOD_USERPASS, USERPASS_SUCCESS,
+                              connect_request, reply_length, userpass_request)
 from benchmarks.workers import run_together, shares
 
 __all__ = ["measure_connection_rate"]
@@ -34,15 +37,20 @@ _REPLY = -1  # expected length of a step: a SOCKS reply, whose length its head t
 
 
 def measure_connection_rate(proxy_port: int | None, echo_port: int, concurrency: int, processes: int,
-                            seconds: float, proxy_pid: int | None = None) -> dict[str, object]:
-    """Completed connections per second, errors, generator and proxy CPU use (in cores)."""
+                            seconds: float, proxy_pid: int | None = None,
+                            credentials: tuple[bytes, bytes] | None = None) -> dict[str, object]:
+    """
+    Completed connections per second, errors, generator and proxy CPU use
+    (in cores); with ``credentials`` (user, password) each session
+    authenticates with method 02 (RFC 1929).
+    """
     cpu = {"before": 0.0}
 
     def started() -> None:
         if proxy_pid:
             cpu["before"] = tree_cpu_seconds(proxy_pid)
 
-    reports = run_together("fork", _run, [(proxy_port, echo_port, share, seconds)
+    reports = run_together("fork", _run, [(proxy_port, echo_port, share, seconds, credentials)
                                           for share in shares(concurrency, processes)], seconds, started)
     completed = sum(report["completed"] for report in reports)
     result: dict[str, object] = {
@@ -67,14 +75,18 @@ class _Connection:
 
 
 def _run(proxy_port: int | None, echo_port: int, concurrency: int, seconds: float,
-         ready: Callable[[], None]) -> dict[str, Any]:
+         credentials: tuple[bytes, bytes] | None, ready: Callable[[], None]) -> dict[str, Any]:
     # The steps of one connection: what to send, then what must come back.
     if proxy_port is None:
         address = (LOOPBACK, echo_port)
         steps: list[tuple[bytes, int, bytes | None]] = [(ECHO, 1, ECHO)]
-    else:
+    elif credentials is None:
         address = (LOOPBACK, proxy_port)
         steps = [(GREETING, 2, METHOD_NONE), (connect_request(LOOPBACK, echo_port), _REPLY, None), (ECHO, 1, ECHO)]
+    else:
+        address = (LOOPBACK, proxy_port)
+        steps = [(GREETING_USERPASS, 2, METHOD_USERPASS), (userpass_request(*credentials), 2, USERPASS_SUCCESS),
+                 (connect_request(LOOPBACK, echo_port), _REPLY, None), (ECHO, 1, ECHO)]
     draining = len(steps)  # the step after the last: waiting for the end of stream
     poller = select.epoll()
     connections: dict[int, _Connection] = {}

@@ -44,8 +44,8 @@ from benchmarks.socks import LOOPBACK, connect_request, recv_exact, reply_length
 from benchmarks.stats import median
 from benchmarks.workers import run_together, shares
 
-__all__ = ["GSSTunnel", "measure_gss_bulk", "measure_gss_rate", "run_gss", "start_realm", "INTEGRITY",
-           "CONFIDENTIALITY"]
+__all__ = ["GSSTunnel", "measure_gss_bulk", "measure_gss_rate", "measure_gss_server", "gssapi_method_args",
+           "run_gss", "start_realm", "INTEGRITY", "CONFIDENTIALITY"]
 
 SERVICE_HOST = "localhost"  # the realm has rcmd/localhost; krb5.conf does no canonicalisation
 INTEGRITY = 1
@@ -346,8 +346,9 @@ def _cpu() -> float:
 # -- the servers ------------------------------------------------------------------
 
 
-def _measure_server(proxy: Proxy, destination: Destination, data: DataFile, settings: Settings,
-                    say: Callable[[str], None]) -> dict[str, object]:
+def measure_gss_server(proxy: Proxy, destination: Destination, data: DataFile, settings: Settings,
+                       say: Callable[[str], None]) -> dict[str, object]:
+    """The handshake rate, then bulk at levels 1 and 2, of the GSS-API ``proxy``."""
     result: dict[str, object] = {}
     say(f"{proxy.name}: GSS-API handshakes ({settings.gss_rate_concurrency} at a time, "
         f"{settings.gss_rate_seconds:g} s)")
@@ -388,6 +389,11 @@ def start_realm() -> Any:
     return test_realm()
 
 
+def gssapi_method_args(keytab: str) -> list[str]:
+    """txsocksgss's method arguments for the GSS-API measurements: both levels, the realm's ``keytab``."""
+    return ["--method", "gssapi", "--gssapi-keytab", keytab, "--gssapi-protection", "confidentiality,integrity"]
+
+
 def run_gss(settings: Settings, destination: Destination, data: DataFile, workdir: str,
             say: Callable[[str], None]) -> dict[str, object]:
     """
@@ -397,10 +403,8 @@ def run_gss(settings: Settings, destination: Destination, data: DataFile, workdi
     """
     keytab = start_realm().service_keytab
     results: dict[str, object] = {"dante-gssapi": None, "dante_gssapi_skipped": None}
-    method_args = ["--method", "gssapi", "--gssapi-keytab", keytab,
-                   "--gssapi-protection", "confidentiality,integrity"]
-    with start_txsocksgss(workdir, settings.proxy_args, method_args, name="txsocksgss-gssapi") as proxy:
-        results["txsocksgss"] = _measure_server(proxy, destination, data, settings, say)
+    with start_txsocksgss(workdir, settings.proxy_args, gssapi_method_args(keytab), name="txsocksgss-gssapi") as proxy:
+        results["txsocksgss"] = measure_gss_server(proxy, destination, data, settings, say)
 
     try:
         from tests.interop.dante import dante_gssapi_build
@@ -414,7 +418,7 @@ def run_gss(settings: Settings, destination: Destination, data: DataFile, workdi
     try:
         with start_dante(workdir, build.sockd, method="gssapi", keytab=keytab, env=environ,
                          name="dante-gssapi") as proxy:
-            results["dante-gssapi"] = _measure_server(proxy, destination, data, settings, say)
+            results["dante-gssapi"] = measure_gss_server(proxy, destination, data, settings, say)
     finally:
         shutil.rmtree(public, ignore_errors=True)
     return results

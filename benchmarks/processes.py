@@ -8,9 +8,10 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 from dataclasses import dataclass
 
-__all__ = ["descendants", "Memory", "tree_memory", "tree_cpu_seconds", "die_with_parent"]
+__all__ = ["descendants", "Memory", "tree_memory", "tree_cpu_seconds", "die_with_parent", "wait_until_quiet"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -94,3 +95,21 @@ def tree_cpu_seconds(pid: int) -> float:
         # utime stime cutime cstime: fields 14-17 of proc(5), 11-14 counted after the name.
         ticks += sum(int(value) for value in fields[11:15])
     return ticks / _TICKS
+
+
+def wait_until_quiet(pid: int, cores: float = 0.05, interval: float = 0.2, timeout: float = 15.0) -> bool:
+    """
+    Wait until ``pid``'s tree uses less than ``cores`` of CPU over
+    ``interval`` seconds (work left over from an earlier load, such as
+    password hashes queued for clients that are gone, has drained), or
+    ``timeout`` seconds pass.  Returns whether it became quiet.
+    """
+    deadline = time.monotonic() + timeout
+    before = tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = tree_cpu_seconds(pid)
+        if now - before < cores * interval:
+            return True
+        before = now
+    return False

@@ -152,11 +152,16 @@ def _start(name: str, workdir: str, command: Callable[[int, str], list[str]],
 
 
 def start_txsocksgss(workdir: str, extra_args: Sequence[str] = (), method_args: Sequence[str] = ("--method", "none"),
-                     env: dict[str, str] | None = None, name: str = "txsocksgss") -> Proxy:
-    """``twistd -n socksgss`` on 127.0.0.1 with ``method_args`` and then ``extra_args``."""
+                     env: dict[str, str] | None = None, name: str = "txsocksgss",
+                     logger: str | None = TEXT_LOGGER) -> Proxy:
+    """
+    ``twistd -n socksgss`` on 127.0.0.1 with ``method_args`` and then
+    ``extra_args``; ``logger`` is twistd's ``--logger`` (None: twistd's
+    default text log, as a tree without `TEXT_LOGGER` needs).
+    """
     def command(port: int, log_path: str) -> list[str]:
-        return [TWISTD, "-n", "--pidfile=", f"--logfile={log_path}", "--logger", TEXT_LOGGER, "socksgss",
-                "--listen", f"tcp:{port}:interface={LOOPBACK}", "--max-sessions-per-client", "0",
+        return [TWISTD, "-n", "--pidfile=", f"--logfile={log_path}", *(("--logger", logger) if logger else ()),
+                "socksgss", "--listen", f"tcp:{port}:interface={LOOPBACK}", "--max-sessions-per-client", "0",
                 *method_args, *extra_args]
 
     return _start(name, workdir, command, env)

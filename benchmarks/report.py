@@ -13,8 +13,8 @@ import json
 import os
 from typing import Any, Sequence
 
-__all__ = ["PROXY_FIELDS", "DIRECT_FIELDS", "GSS_FIELDS", "format_table", "write_json", "generator_check",
-           "missing_fields"]
+__all__ = ["PROXY_FIELDS", "TXSOCKSGSS_FIELDS", "DIRECT_FIELDS", "GSS_FIELDS", "format_table", "write_json",
+           "generator_check", "missing_fields"]
 
 # (JSON key, label, format); the table shows them in this order.
 _ROWS = [
@@ -28,6 +28,11 @@ _ROWS = [
     ("bulk_proxy_cpu_s_per_gb", "proxy CPU per GB relayed, s", "{:.2f}"),
     ("connection_rate_proxy_cpu_cores", "proxy CPU at that rate, cores", "{:.2f}"),
 ]
+# txsocksgss only (`benchmarks.userpass`: Dante's username method checks the system's users).
+_TXSOCKSGSS_ROWS = [
+    ("userpass_connection_rate_per_s", "connections/s, username/password (scrypt N=16)", "{:,.0f}"),
+    ("userpass_connection_rate_proxy_cpu_cores", "proxy CPU at the username/password rate, cores", "{:.2f}"),
+]
 _GSS_ROWS = [
     ("handshake_rate_per_s", "handshakes/s", "{:,.0f}"),
     ("integrity_upload_mb_s", "level 1 (integrity) upload, MB/s", "{:,.0f}"),
@@ -38,6 +43,7 @@ _GSS_ROWS = [
 ]
 
 PROXY_FIELDS = tuple(key for key, _, _ in _ROWS)
+TXSOCKSGSS_FIELDS = tuple(key for key, _, _ in _TXSOCKSGSS_ROWS)
 DIRECT_FIELDS = ("bulk_upload_mb_s", "bulk_download_mb_s", "connection_rate_per_s")
 GSS_FIELDS = tuple(key for key, _, _ in _GSS_ROWS)
 _REFERENCE = "dante"
@@ -48,7 +54,10 @@ def missing_fields(results: dict[str, Any]) -> list[str]:
     """``proxy.field`` for every expected number that is absent (an incomplete run)."""
     missing = []
     for name, values in results["proxies"].items():
-        for key in DIRECT_FIELDS if name == "direct" else PROXY_FIELDS:
+        expected = DIRECT_FIELDS if name == "direct" else PROXY_FIELDS
+        if name == "txsocksgss":
+            expected += TXSOCKSGSS_FIELDS
+        for key in expected:
             if not isinstance(values.get(key), (int, float)):
                 missing.append(f"{name}.{key}")
     gss = results.get("gssapi")
@@ -124,9 +133,11 @@ def format_table(results: dict[str, Any]) -> str:
     if settings["smoke"]:
         lines.append("SMOKE RUN: it checks that every measurement completes; its numbers mean nothing")
     lines.append("")
-    lines += _table("method none", columns, proxies, _ROWS, _REFERENCE)
+    lines += _table("method none", columns, proxies, _ROWS + _TXSOCKSGSS_ROWS, _REFERENCE)
     errors = {name: values.get("connection_errors") for name, values in proxies.items()
               if values.get("connection_errors")}
+    if proxies.get("txsocksgss", {}).get("userpass_connection_errors"):
+        errors["txsocksgss, username/password"] = proxies["txsocksgss"]["userpass_connection_errors"]
     if errors:
         lines.append(f"connection errors during the rate test: {errors}")
     lines.append("")
@@ -167,11 +178,11 @@ def _gss_lines(gss: dict[str, Any] | None, settings: dict[str, Any]) -> list[str
     return lines
 
 
-def write_json(results: dict[str, Any], directory: str) -> str:
-    """Write ``results`` to ``directory``/<started, as 20250101T120000Z>.json; returns the path."""
+def write_json(results: dict[str, Any], directory: str, prefix: str = "") -> str:
+    """Write ``results`` to ``directory``/``prefix``<started, as 20250101T120000Z>.json; returns the path."""
     os.makedirs(directory, exist_ok=True)
     stamp = results["started"].replace("-", "").replace(":", "")
-    path = os.path.join(directory, f"{stamp}.json")
+    path = os.path.join(directory, f"{prefix}{stamp}.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -1,7 +1,8 @@
 """
 One benchmark run: the destination, "direct", each proxy in turn (fresh
-for each: memory first, then latency, connection rate and bulk), then
-GSS-API.  Returns the results as one dict (what the JSON holds).
+for each: memory first, then latency, connection rate and bulk), the
+connection rate of txsocksgss with username/password (a cheap hash,
+`benchmarks.userpass`), then GSS-API.  Returns the results as one dict (what the JSON holds).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from benchmarks.data import DataFile
 from benchmarks.destination import Destination
 from benchmarks.idle import measure_idle
 from benchmarks.latency import measure_latency
-from benchmarks.proxies import Proxy, ProxyStartError, require_program, start_proxy
+from benchmarks.proxies import Proxy, ProxyStartError, require_program, start_proxy, start_txsocksgss
 from benchmarks.report import generator_check
 from benchmarks.settings import Settings
+from benchmarks.userpass import password_file, userpass_method_args, measure_userpass_rate
 
-__all__ = ["run", "raise_fd_limit"]
+__all__ = ["run", "raise_fd_limit", "measure_proxy", "measure_direct", "machine_info", "tree_version", "ROOT"]
 
 _PROGRAMS = {"dante": "danted", "microsocks": "microsocks"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +54,7 @@ def raise_fd_limit(needed: int) -> int:
     return target
 
 
-def _measure_proxy(proxy: Proxy, destination: Destination, data: DataFile, settings: Settings,
+def measure_proxy(proxy: Proxy, destination: Destination, data: DataFile, settings: Settings,
                    say: Say) -> dict[str, object]:
     result: dict[str, object] = {"argv": proxy.argv}
     say(f"{proxy.name}: {settings.idle_tunnels} idle tunnels")
@@ -120,7 +122,19 @@ def combine_rate_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return combined
 
 
-def _measure_direct(destination: Destination, data: DataFile, settings: Settings, say: Say) -> dict[str, object]:
+def _measure_userpass(destination: Destination, workdir: str, settings: Settings, say: Say) -> dict[str, object]:
+    """txsocksgss's connection rate with username/password and a cheap hash: the sessions' cost, not scrypt's."""
+    say(f"txsocksgss: connection rate with username/password ({settings.rate_concurrency} at a time, "
+        f"{settings.rate_seconds:g} s)")
+    method_args = userpass_method_args(password_file(workdir, "scrypt-cheap"))
+    with start_txsocksgss(workdir, settings.proxy_args, method_args, name="txsocksgss-userpass") as proxy:
+        result = measure_userpass_rate(proxy, destination.echo_port, settings)
+        if proxy.process.poll() is not None:
+            raise ProxyStartError(f"{proxy.name} exited during the measurements; its log:\n{proxy.log_tail()}")
+    return result
+
+
+def measure_direct(destination: Destination, data: DataFile, settings: Settings, say: Say) -> dict[str, object]:
     result: dict[str, object] = {}
     say(f"direct: connection rate ({settings.rate_concurrency} at a time, {settings.rate_seconds:g} s)")
     result.update(measure_connection_rate(None, destination.echo_port, settings.rate_concurrency,
@@ -130,22 +144,28 @@ def _measure_direct(destination: Destination, data: DataFile, settings: Settings
     return result
 
 
-def _output(argv: list[str]) -> str:
+def _output(argv: list[str], cwd: str = ROOT) -> str:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+        return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
-def _machine() -> dict[str, object]:
+def tree_version(root: str) -> str:
+    """The short commit of the source tree ``root``, "+uncommitted changes" when its code differs from it."""
+    commit = _output(["git", "rev-parse", "--short", "HEAD"], root)
+    dirty = _output(["git", "status", "--porcelain", "--untracked-files=no", "--", "txsocksgss", "twisted"], root)
+    return f"{commit}{'+uncommitted changes' if dirty else ''}" or "unknown"
+
+
+def machine_info() -> dict[str, object]:
+    """The machine, the Python and the peers' packages; ``txsocksgss``: this tree's `tree_version`."""
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
-    commit = _output(["git", "rev-parse", "--short", "HEAD"])
-    dirty = _output(["git", "status", "--porcelain", "--untracked-files=no", "--", "txsocksgss", "twisted"])
     versions = {package: _output(["dpkg-query", "-W", "-f=${Version}", package])
                 for package in ("dante-server", "microsocks", "krb5-kdc")}
     return {
@@ -153,7 +173,7 @@ def _machine() -> dict[str, object]:
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "txsocksgss": f"{commit}{'+uncommitted changes' if dirty else ''}" or "unknown",
+        "txsocksgss": tree_version(ROOT),
         "packages": versions,
     }
 
@@ -169,7 +189,7 @@ def run(settings: Settings, say: Say) -> dict[str, Any]:
     results: dict[str, Any] = {
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "settings": settings.as_dict(),
-        "machine": {**_machine(), "fd_limit": fd_limit},
+        "machine": {**machine_info(), "fd_limit": fd_limit},
         "proxies": {},
         "gssapi": None,
     }
@@ -183,10 +203,12 @@ def run(settings: Settings, say: Say) -> dict[str, Any]:
     os.chmod(workdir, 0o755)  # Dante's children run as nobody
     try:
         with DataFile() as data, Destination(data) as destination:
-            results["proxies"]["direct"] = _measure_direct(destination, data, settings, say)
+            results["proxies"]["direct"] = measure_direct(destination, data, settings, say)
             for name in settings.proxies:
                 with start_proxy(name, workdir, settings.proxy_args) as proxy:
-                    results["proxies"][name] = _measure_proxy(proxy, destination, data, settings, say)
+                    results["proxies"][name] = measure_proxy(proxy, destination, data, settings, say)
+            if "txsocksgss" in settings.proxies:
+                results["proxies"]["txsocksgss"].update(_measure_userpass(destination, workdir, settings, say))
             if settings.rate_rounds > 1:
                 _more_rate_rounds(destination, workdir, settings, results["proxies"], say)
             if settings.gss:

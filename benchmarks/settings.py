@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["Settings", "PROXIES", "SMOKE"]
+__all__ = ["Settings", "PROXIES", "SMOKE", "SIZE_OPTIONS"]
 
 # Every proxy the harness knows, in table order.
 PROXIES = ("txsocksgss", "dante", "microsocks")
@@ -65,4 +65,21 @@ SMOKE = dict(
     gss_rate_concurrency=4,
     gss_rate_seconds=0.5,
     smoke=True,
+)
+
+# The settings a command line may change, each with what it means (``--bulk-runs N``...).
+SIZE_OPTIONS = (
+    ("bulk_runs", "bulk runs each way"),
+    ("bulk_mb", "megabytes per bulk run"),
+    ("rate_concurrency", "connections in flight in the rate test"),
+    ("rate_processes", "load-generator processes"),
+    ("rate_seconds", "duration of the rate test"),
+    ("rate_rounds", "rate-test rounds per proxy, the proxies taking turns (the median is reported)"),
+    ("latency_count", "handshakes for the latency percentiles"),
+    ("idle_tunnels", "idle tunnels for the memory measurement"),
+    ("gss_runs", "GSS-API bulk runs per level and direction"),
+    ("gss_mb", "megabytes per GSS-API bulk run"),
+    ("gss_rate_concurrency", "GSS-API handshakes in flight"),
+    ("gss_rate_processes", "GSS-API client processes"),
+    ("gss_rate_seconds", "duration of the GSS-API handshake test"),
 )

@@ -1,7 +1,8 @@
 """
 The SOCKS 5 client side every measurement shares: the bytes of a
-no-authentication CONNECT (RFC 1928), written out by hand so that the
-harness does not depend on the code it measures, and a blocking tunnel.
+no-authentication CONNECT (RFC 1928) and of a username/password
+subnegotiation (RFC 1929), written out by hand so that the harness does
+not depend on the code it measures, and a blocking tunnel.
 """
 
 from __future__ import annotations
@@ -9,18 +10,27 @@ from __future__ import annotations
 import socket
 import struct
 
-__all__ = ["GREETING", "METHOD_NONE", "connect_request", "reply_length", "recv_exact", "open_tunnel",
+__all__ = ["GREETING", "METHOD_NONE", "GREETING_USERPASS", "METHOD_USERPASS", "USERPASS_SUCCESS",
+           "userpass_request", "connect_request", "reply_length", "recv_exact", "open_tunnel",
            "echo_and_close", "LOOPBACK"]
 
 LOOPBACK = "127.0.0.1"
 GREETING = b"\x05\x01\x00"  # version 5, one method: 0x00 no authentication
 METHOD_NONE = b"\x05\x00"
+GREETING_USERPASS = b"\x05\x01\x02"  # one method: 0x02 username/password
+METHOD_USERPASS = b"\x05\x02"
+USERPASS_SUCCESS = b"\x01\x00"  # RFC 1929 s2: subnegotiation version 1, status 0
 _REPLY_HEAD = 5  # VER REP RSV ATYP and the first address octet (a name's length)
 
 
 def connect_request(host: str, port: int) -> bytes:
     """CONNECT to an IPv4 address (RFC 1928 s4)."""
     return b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", port)
+
+
+def userpass_request(user: bytes, password: bytes) -> bytes:
+    """The username/password request (RFC 1929 s2: VER ULEN UNAME PLEN PASSWD)."""
+    return bytes([1, len(user)]) + user + bytes([len(password)]) + password
 
 
 def reply_length(head: bytes) -> int:

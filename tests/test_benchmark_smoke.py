@@ -41,6 +41,8 @@ PROXY_FIELDS = (
     "bulk_proxy_cpu_s_per_gb",
     "connection_rate_proxy_cpu_cores",
 )
+# txsocksgss only: the connection rate with username/password (benchmarks/userpass.py, a cheap hash).
+TXSOCKSGSS_FIELDS = ("userpass_connection_rate_per_s", "userpass_connection_rate_proxy_cpu_cores")
 DIRECT_FIELDS = ("bulk_upload_mb_s", "bulk_download_mb_s", "connection_rate_per_s")
 POSITIVE_FIELDS = ("bulk_upload_mb_s", "bulk_download_mb_s", "connection_rate_per_s", "handshake_p50_ms",
                    "handshake_p99_ms")
@@ -110,6 +112,13 @@ class BenchmarkSmokeTests(SynchronousTestCase):
             self.assertEqual(proxies[proxy]["connection_errors"], 0, proxies[proxy])
         for field in DIRECT_FIELDS:
             self.assertNumber(proxies["direct"].get(field), f"direct.{field}", positive=True)
+
+    def test_txsocksgss_is_measured_with_username_password(self) -> None:
+        figures = self.results["proxies"]["txsocksgss"]
+        for field in TXSOCKSGSS_FIELDS:
+            self.assertNumber(figures.get(field), f"txsocksgss.{field}", positive=True)
+        self.assertEqual(figures["userpass_connection_errors"], 0, figures.get("userpass_connection_error_examples"))
+        self.assertIn("connections/s, username/password (scrypt N=16)", self.table)
 
     def test_the_rate_takes_the_median_of_the_rounds(self) -> None:
         # --smoke runs two rounds, the proxies taking turns.
