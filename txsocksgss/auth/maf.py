@@ -9,8 +9,10 @@ Authentication Management Server policy (`txsocksgss.interfaces.IMAFPolicy`)
 then decides, again and again: DO one sub-method, ask for more ids
 (relative or absolute), or end with SUCCESS (and an integrity grade) or
 FAILURE.  A sub-method is one of the project's ordinary authenticators,
-unchanged: its bytes travel in the DATA of PROCESS messages (the DO message
-carries the server's first bytes, if any).  When a sub-method ends on the
+unchanged, run by the same `txsocksgss.auth.driver.ConversationDriver` as
+everywhere: its bytes travel in the DATA of PROCESS messages (the DO message
+carries the server's first bytes, if any, and waits for them when the
+sub-method's first step waits).  When a sub-method ends on the
 client side, the client sends WHAT NEXT? and the policy decides again.
 
 Decisions where the draft is silent or contradicts itself (docs/maf.rst):
@@ -28,6 +30,10 @@ Decisions where the draft is silent or contradicts itself (docs/maf.rst):
   after that method's own subnegotiation.
 - Identity: the user is the one the last successful sub-method established;
   every sub-method's outcome is kept in the identity's attributes.
+- A sub-method whose authenticator raises (a bug; the driver logs it) has
+  failed with "authentication error".  On the server it sent nothing the
+  client's side could finish on, so MAF ends at once in FAILURE; on the
+  client it is a sub-method that failed here.
 - Caps: DATA length, sub-method ids in all, requests for more, DO rounds and
   PROCESS messages per sub-method; passing one ends in FAILURE.
 """
@@ -44,7 +50,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity, SessionInfo
-from txsocksgss.auth.driver import ConversationDriver, ConversationEnd
+from txsocksgss.auth.driver import ConversationDriver, ConversationEnd, EndKind
 from txsocksgss.errors import ConfigError, ProtocolError
 from txsocksgss.interfaces import (
     IClientAuthenticator,
@@ -418,6 +424,7 @@ class _MAFServerConversation(_MessageLoop):
         self._current: int | None = None
         self._sub: ConversationDriver | None = None
         self._do_sent = False
+        self._abandoned: str | None = None
         self._sent = []
         self._sub_outcome: SubMethodOutcome | None = None
         self._process_count = 0
@@ -446,6 +453,9 @@ class _MAFServerConversation(_MessageLoop):
         if self._stage is _ServerStage.FINISHED:
             return AuthStep(b"".join(sent))
         self._sendDo()
+        result = self._checkAbandoned(sent)
+        if result is not None:
+            return AuthStep(b"".join(sent), result, self._buffer.take_all())
         return self._run(sent)
 
     def _handle(self, message: MAFMessage, sent: list[bytes]) -> AuthResult | Deferred[Any] | None:
@@ -471,7 +481,7 @@ class _MAFServerConversation(_MessageLoop):
             sub = self._sub
             assert sub is not None
             sub.feed(message.data)
-            return sub.whenSettled() if sub.waiting else None
+            return sub.whenSettled() if sub.waiting else self._checkAbandoned(sent)
         if self._stage is _ServerStage.DONE_WAITING:
             if not isinstance(message, WhatNext):
                 raise ProtocolError(f"expected WHAT NEXT?, got {type(message).__name__}")
@@ -534,7 +544,17 @@ class _MAFServerConversation(_MessageLoop):
         if sub.waiting:
             return sub.whenSettled()  # DO goes out with the first step (see _resume)
         self._sendDo()
-        return None
+        return self._checkAbandoned(sent)
+
+    def _checkAbandoned(self, sent: list[bytes]) -> AuthResult | None:
+        """After a sub-method's step: the FAILURE that ends MAF if the sub-method crashed."""
+        reason, self._abandoned = self._abandoned, None
+        if reason is None:
+            return None
+        assert self._sub_outcome is not None
+        self._outcomes.append(self._sub_outcome)
+        self._sub_outcome = None
+        return self._finalFailure(reason, sent)
 
     def _sendDo(self) -> None:
         """DO, with the sub-method's first bytes (if its first step had none, when that step is taken)."""
@@ -550,9 +570,13 @@ class _MAFServerConversation(_MessageLoop):
         self._sent.append(MethodMessage(instruction, self._current, data).serialize())
 
     def _subEnded(self, end: ConversationEnd) -> None:
-        # A sub-method that raised is a failed sub-method (the driver logged
-        # it): the policy decides, and the client is told why.
         self._subFinished(end.result)
+        if end.kind is not EndKind.FINISHED:
+            # It raised (the driver logged it) and sent nothing, so the
+            # client's side of it cannot finish: MAF ends in FAILURE, which
+            # tells the client why (see _checkAbandoned).
+            assert self._current is not None
+            self._abandoned = f"sub-method {_name(self._current)} failed: {end.result.reason}"
 
     def _subFinished(self, result: AuthResult) -> None:
         assert self._current is not None
