@@ -11,7 +11,7 @@ import os
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,6 +20,7 @@ from zope.interface import implementer
 from tests.helpers.clients import Fetcher
 from tests.helpers.integration import IntegrationTestCase
 from tests.helpers.maf import SESSION, converse, settle, userpass_server
+from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity
 from txsocksgss.auth.maf import (
     SUBMETHOD_IDS,
     AskForMore,
@@ -364,3 +365,79 @@ class MAFCoolDownTests(SynchronousTestCase):
 
 
 DO_USERPASS = bytes.fromhex("03 00 0000 00000003 00000000")
+
+
+class _Waiting:
+    """A sub-method factory whose conversation answers each call with the next of ``steps`` (step or Deferred)."""
+
+    def __init__(self, method, *steps):
+        self.method = method
+        self.steps = list(steps)
+        self.received = []
+
+    def buildAuthenticator(self, session):
+        return self
+
+    def begin(self):
+        return self._next()
+
+    def receive(self, data):
+        self.received.append(data)
+        return self._next()
+
+    def _next(self):
+        step = self.steps.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def abort(self):
+        pass
+
+
+class DriverInMAFTests(SynchronousTestCase):
+    """MAF runs its sub-methods through txsocksgss.auth.driver: waits, crashes."""
+
+    def test_a_server_submethod_that_raises_is_a_failed_submethod(self):
+        broken = _Waiting(TEST, AuthStep(), ZeroDivisionError("bug"))
+        server_side = server([Chain((TEST,), 1)], submethods={TEST: broken})
+        client = MAFClientFactory([(TEST, TestSubMethodClientFactory())]).buildAuthenticator(SESSION)
+        client_result, server_result, transcript = converse(client, server_side)
+        self.assertFalse(server_result.succeeded)
+        self.assertIn("sub-method test failed: authentication error", server_result.reason)
+        self.assertFalse(client_result.succeeded)  # told with FAILURE, not a dropped connection
+        self.assertEqual(transcript[-1][1][:1], b"\xff")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_a_client_submethod_that_raises_ends_the_client_side(self):
+        broken = _Waiting(TEST, ValueError("bug"))
+        client = MAFClientFactory([(TEST, broken)]).buildAuthenticator(SESSION)
+        client.begin()
+        step = client.receive(DO_TEST)
+        self.assertFalse(step.result.succeeded)
+        self.assertIn("sub-method test failed here: authentication error", step.result.reason)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_a_server_submethod_that_waits_before_speaking_sends_do_when_ready(self):
+        first = Deferred()
+        waiting = _Waiting(TEST, first, AuthStep(b"TEST", AuthResult.success(Identity(TEST))))
+        server_side = server([Chain((TEST,), 1)], submethods={TEST: waiting})
+        pending = server_side.receive(OFFER_TEST)
+        self.assertIsInstance(pending, Deferred)
+        self.assertFalse(pending.called)
+        first.callback(AuthStep(b"HI"))
+        step = settle(pending)
+        self.assertEqual(step.send, bytes.fromhex("03 00 0000 00000001 00000002") + b"HI")
+        self.assertEqual(server_side.receive(PROCESS_TEST).send, PROCESS_TEST)
+
+    def test_do_data_waits_for_a_client_submethod_first_step(self):
+        first = Deferred()
+        waiting = _Waiting(TEST, first, AuthStep(result=AuthResult.success(Identity(TEST))))
+        client = MAFClientFactory([(TEST, waiting)]).buildAuthenticator(SESSION)
+        client.begin()
+        pending = client.receive(bytes.fromhex("03 00 0000 00000001 00000002") + b"HI")
+        self.assertEqual(waiting.received, [])  # kept until the first step is out
+        first.callback(AuthStep(b"TEST"))
+        step = settle(pending)
+        self.assertEqual(waiting.received, [b"HI"])
+        self.assertEqual(step.send, PROCESS_TEST + WHAT_NEXT)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone, TimeoutError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from txsocksgss.auth.conversation import AuthStep
 from txsocksgss.auth.none import NoAuthClientFactory
 from txsocksgss.auth.userpass import UserPassClientFactory
 from txsocksgss.client.protocol import HandshakeState, SOCKS4ClientProtocol, SOCKS5ClientProtocol
@@ -139,6 +140,57 @@ class SOCKS5ClientTests(SynchronousTestCase):
         protocol.dataReceived(b"\x05\x02\x01\x01")
         self.failureResultOf(protocol.established, ClientAuthenticationFailed)
         self.assertTrue(transport.disconnecting)
+
+    def test_a_crashing_authenticator_fails_the_handshake(self):
+        class Crashing:
+            method = 0x80
+
+            def buildAuthenticator(self, session):
+                return self
+
+            def begin(self):
+                return AuthStep(b"hi")
+
+            def receive(self, data):
+                raise ZeroDivisionError("bug")
+
+            def abort(self):
+                pass
+
+        protocol, transport = socks5(methods=[Crashing()])
+        protocol.dataReceived(b"\x05\x80" + b"answer")
+        failure = self.failureResultOf(protocol.established, ClientAuthenticationFailed)
+        self.assertEqual(str(failure.value), "authentication error: bug")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_timeout_during_a_pending_step_aborts_the_conversation(self):
+        cancelled = []
+
+        class Waiting:
+            method = 0x80
+            aborted = False
+
+            def buildAuthenticator(self, session):
+                return self
+
+            def begin(self):
+                return Deferred(lambda d: cancelled.append(True))
+
+            def receive(self, data):  # pragma: no cover - never reached
+                raise AssertionError("fed while a step is pending")
+
+            def abort(self):
+                self.aborted = True
+
+        clock = Clock()
+        waiting = Waiting()
+        protocol, transport = socks5(methods=[waiting], clock=clock, timeout=10)
+        protocol.dataReceived(b"\x05\x80" + b"early")
+        clock.advance(10)
+        self.failureResultOf(protocol.established, TimeoutError)
+        self.assertTrue(waiting.aborted)
+        self.assertEqual(cancelled, [True])
 
     def test_wrong_version_in_selection(self):
         protocol, transport = socks5()

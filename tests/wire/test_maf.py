@@ -152,7 +152,8 @@ class MAFVectorTests(SynchronousTestCase):
                 "FAILURE": 0xFF,
             },
         )
-        self.assertEqual([int(m) for m in SubMethod], [0, 1, 2, 0xFFFFFFFF])
+        # The draft's reserved ids, and this project's userpass (3) and gssapi (4) from the proprietary range.
+        self.assertEqual([int(m) for m in SubMethod], [0, 1, 2, 3, 4, 0xFFFFFFFF])
         self.assertEqual((PROPRIETARY_FIRST, PROPRIETARY_LAST, GENERAL_FIRST), (3, 0xFFFF, 0x10000))
         self.assertEqual(MAF_VERSION, 0)
 

@@ -9,8 +9,10 @@ Authentication Management Server policy (`txsocksgss.interfaces.IMAFPolicy`)
 then decides, again and again: DO one sub-method, ask for more ids
 (relative or absolute), or end with SUCCESS (and an integrity grade) or
 FAILURE.  A sub-method is one of the project's ordinary authenticators,
-unchanged: its bytes travel in the DATA of PROCESS messages (the DO message
-carries the server's first bytes, if any).  When a sub-method ends on the
+unchanged, run by the same `txsocksgss.auth.driver.ConversationDriver` as
+everywhere: its bytes travel in the DATA of PROCESS messages (the DO message
+carries the server's first bytes, if any, and waits for them when the
+sub-method's first step waits).  When a sub-method ends on the
 client side, the client sends WHAT NEXT? and the policy decides again.
 
 Decisions where the draft is silent or contradicts itself (docs/maf.rst):
@@ -28,6 +30,10 @@ Decisions where the draft is silent or contradicts itself (docs/maf.rst):
   after that method's own subnegotiation.
 - Identity: the user is the one the last successful sub-method established;
   every sub-method's outcome is kept in the identity's attributes.
+- A sub-method whose authenticator raises (a bug; the driver logs it) has
+  failed with "authentication error".  On the server it sent nothing the
+  client's side could finish on, so MAF ends at once in FAILURE; on the
+  client it is a sub-method that failed here.
 - Caps: DATA length, sub-method ids in all, requests for more, DO rounds and
   PROCESS messages per sub-method; passing one ends in FAILURE.
 """
@@ -44,6 +50,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txsocksgss.auth.conversation import AuthResult, AuthStep, Identity, SessionInfo
+from txsocksgss.auth.driver import ConversationDriver, ConversationEnd, EndKind
 from txsocksgss.errors import ConfigError, ProtocolError
 from txsocksgss.interfaces import (
     IClientAuthenticator,
@@ -82,17 +89,19 @@ __all__ = [
     "MAFClientFactory",
     "TestSubMethodServerFactory",
     "TestSubMethodClientFactory",
+    "chains_from_table",
+    "parse_chain_spec",
 ]
 
 _log = Logger()
 
-#: Sub-method ids of the project's authenticators (proprietary range
-#: 0x00000003-0x0000FFFF of the draft), and the draft's internal test method.
-SUBMETHOD_IDS: Mapping[str, int] = {
-    "test": SubMethod.TEST,
-    "userpass": 0x00000003,
-    "gssapi": 0x00000004,
-}
+# The ids of SubMethod that mark a message, not a sub-method.
+_MARKERS = frozenset({SubMethod.SUCCESS, SubMethod.MORE_METHODS_AVAILABLE, SubMethod.FAILURE})
+#: Sub-method ids by name: the draft's internal test method and the
+#: project's methods (proprietary range 0x00000003-0x0000FFFF of the draft),
+#: read from `txsocksgss.wire.maf.SubMethod`; `txsocksgss.auth.registry`
+#: gives each method its id from the same enum.
+SUBMETHOD_IDS: Mapping[str, int] = {member.name.lower(): member for member in SubMethod if member not in _MARKERS}
 SUBMETHOD_NAMES: Mapping[int, str] = {value: name for name, value in SUBMETHOD_IDS.items()}
 
 
@@ -300,15 +309,17 @@ class _MessageLoop:
 
     _buffer: MessageBuffer
     _parse: Any
+    # What this receive() answers, in order: sub-method callbacks append too.
+    _sent: list[bytes]
     _malformed = "malformed MAF message"
 
     def _finished(self) -> bool:
         raise NotImplementedError
 
-    def _handle(self, message: MAFMessage, sent: list[bytes]) -> AuthResult | Deferred[AuthStep] | None:
+    def _handle(self, message: MAFMessage, sent: list[bytes]) -> AuthResult | Deferred[Any] | None:
         raise NotImplementedError
 
-    def _resume(self, step: AuthStep, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
+    def _resume(self, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
         raise NotImplementedError
 
     def _failed(self, reason: str, sent: list[bytes]) -> AuthStep:
@@ -327,7 +338,8 @@ class _MessageLoop:
             except ProtocolError as error:
                 return self._failed(str(error), sent)
             if isinstance(outcome, Deferred):
-                return outcome.addCallback(lambda step: self._resume(step, sent))
+                # A sub-method's step is pending: go on once it is taken.
+                return outcome.addCallback(lambda _: self._resume(sent))
             if isinstance(outcome, AuthResult):
                 return AuthStep(b"".join(sent), outcome, self._buffer.take_all())
         return AuthStep(b"".join(sent))
@@ -410,7 +422,10 @@ class _MAFServerConversation(_MessageLoop):
         self._requests_for_more = 0
         self._outcomes: list[SubMethodOutcome] = []
         self._current: int | None = None
-        self._sub: IServerAuthenticator | None = None
+        self._sub: ConversationDriver | None = None
+        self._do_sent = False
+        self._abandoned: str | None = None
+        self._sent = []
         self._sub_outcome: SubMethodOutcome | None = None
         self._process_count = 0
         self._pending: Deferred[Any] | None = None
@@ -428,20 +443,22 @@ class _MAFServerConversation(_MessageLoop):
 
     def receive(self, data: bytes) -> AuthStep | Deferred[AuthStep]:
         self._buffer.feed(data)
-        return self._run([])
+        self._sent = []
+        return self._run(self._sent)
 
     def _finished(self) -> bool:
         return self._stage is _ServerStage.FINISHED
 
-    def _resume(self, step: AuthStep, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
+    def _resume(self, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
         if self._stage is _ServerStage.FINISHED:
             return AuthStep(b"".join(sent))
-        result = self._subStep(step, sent)
-        if isinstance(result, AuthResult):
+        self._sendDo()
+        result = self._checkAbandoned(sent)
+        if result is not None:
             return AuthStep(b"".join(sent), result, self._buffer.take_all())
         return self._run(sent)
 
-    def _handle(self, message: MAFMessage, sent: list[bytes]) -> AuthResult | Deferred[AuthStep] | None:
+    def _handle(self, message: MAFMessage, sent: list[bytes]) -> AuthResult | Deferred[Any] | None:
         if self._stage is _ServerStage.OFFERS:
             if not isinstance(message, SubMethodsSupported):
                 raise ProtocolError(f"expected the client's sub-methods, got {type(message).__name__}")
@@ -461,11 +478,10 @@ class _MAFServerConversation(_MessageLoop):
             self._process_count += 1
             if self._process_count > self._limits.max_process_messages:
                 raise ProtocolError(f"more than {self._limits.max_process_messages} PROCESS messages")
-            assert self._sub is not None
-            step = self._sub.receive(message.data)
-            if isinstance(step, Deferred):
-                return step
-            return self._subStep(step, sent)
+            sub = self._sub
+            assert sub is not None
+            sub.feed(message.data)
+            return sub.whenSettled() if sub.waiting else self._checkAbandoned(sent)
         if self._stage is _ServerStage.DONE_WAITING:
             if not isinstance(message, WhatNext):
                 raise ProtocolError(f"expected WHAT NEXT?, got {type(message).__name__}")
@@ -496,7 +512,7 @@ class _MAFServerConversation(_MessageLoop):
             new_in_last_block=self._new_in_last_block,
         )
 
-    def _decide(self, sent: list[bytes]) -> AuthResult | Deferred[AuthStep] | None:
+    def _decide(self, sent: list[bytes]) -> AuthResult | Deferred[Any] | None:
         decision = self._factory.policy.decide(self._state())
         if isinstance(decision, AskForMore):
             if not self._more or self._requests_for_more >= self._limits.max_requests_for_more:
@@ -518,24 +534,49 @@ class _MAFServerConversation(_MessageLoop):
             return self._finalFailure(f"more than {self._limits.max_rounds} sub-methods", sent)
         self._current = method
         self._process_count = 0
-        self._sub = factory.buildAuthenticator(self._session)
+        self._do_sent = False
         self._stage = _ServerStage.RUNNING
         _log.debug("MAF: DO {method}", method=_name(method))
-        first = self._sub.begin()
-        if isinstance(first, Deferred):  # pragma: no cover - no server sub-method speaks first
-            raise ProtocolError("a server sub-method that waits before speaking is not supported")
-        sent.append(MethodMessage(Instruction.DO, method, first.send).serialize())
-        if first.result is not None:
-            self._subFinished(first.result)
-        return None
+        sub = self._sub = ConversationDriver(
+            factory.buildAuthenticator(self._session), send=self._subSend, ended=self._subEnded,
+            method=_name(method), log=_log, backlog_limit=None)
+        sub.start()
+        if sub.waiting:
+            return sub.whenSettled()  # DO goes out with the first step (see _resume)
+        self._sendDo()
+        return self._checkAbandoned(sent)
 
-    def _subStep(self, step: AuthStep, sent: list[bytes]) -> AuthResult | None:
-        if step.send:
+    def _checkAbandoned(self, sent: list[bytes]) -> AuthResult | None:
+        """After a sub-method's step: the FAILURE that ends MAF if the sub-method crashed."""
+        reason, self._abandoned = self._abandoned, None
+        if reason is None:
+            return None
+        assert self._sub_outcome is not None
+        self._outcomes.append(self._sub_outcome)
+        self._sub_outcome = None
+        return self._finalFailure(reason, sent)
+
+    def _sendDo(self) -> None:
+        """DO, with the sub-method's first bytes (if its first step had none, when that step is taken)."""
+        if not self._do_sent and self._current is not None:
+            self._do_sent = True
+            self._sent.append(MethodMessage(Instruction.DO, self._current, b"").serialize())
+
+    def _subSend(self, data: bytes) -> None:
+        """The sub-method's bytes: in DO for its first step, in PROCESS after it."""
+        assert self._current is not None
+        instruction = Instruction.PROCESS if self._do_sent else Instruction.DO
+        self._do_sent = True
+        self._sent.append(MethodMessage(instruction, self._current, data).serialize())
+
+    def _subEnded(self, end: ConversationEnd) -> None:
+        self._subFinished(end.result)
+        if end.kind is not EndKind.FINISHED:
+            # It raised (the driver logged it) and sent nothing, so the
+            # client's side of it cannot finish: MAF ends in FAILURE, which
+            # tells the client why (see _checkAbandoned).
             assert self._current is not None
-            sent.append(MethodMessage(Instruction.PROCESS, self._current, step.send).serialize())
-        if step.result is not None:
-            self._subFinished(step.result)
-        return None
+            self._abandoned = f"sub-method {_name(self._current)} failed: {end.result.reason}"
 
     def _subFinished(self, result: AuthResult) -> None:
         assert self._current is not None
@@ -622,10 +663,11 @@ class _MAFClientConversation(_MessageLoop):
         self._sent_count = 0
         self._buffer = MessageBuffer(limit=12 + factory.max_data)
         self._parse = partial(parse_maf_message, max_data=factory.max_data)
-        self._sub: IClientAuthenticator | None = None
+        self._sub: ConversationDriver | None = None
         self._current: int | None = None
         self._outcomes: list[SubMethodOutcome] = []
-        self._do_data = b""
+        self._sub_failure: str | None = None
+        self._sent = []
         self._done = False
 
     def _nextBlock(self) -> bytes:
@@ -645,26 +687,22 @@ class _MAFClientConversation(_MessageLoop):
 
     def receive(self, data: bytes) -> AuthStep | Deferred[AuthStep]:
         self._buffer.feed(data)
-        return self._run([])
+        self._sent = []
+        return self._run(self._sent)
 
     def _finished(self) -> bool:
         return self._done
 
-    def _resume(self, step: AuthStep, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
+    def _resume(self, sent: list[bytes]) -> AuthStep | Deferred[AuthStep]:
         if self._done:
             return AuthStep(b"".join(sent))
         try:
-            self._subStep(step, sent)
-            data, self._do_data = self._do_data, b""
-            if data and self._sub is not None:
-                outcome = self._feed(data, sent)
-                if isinstance(outcome, Deferred):
-                    return outcome.addCallback(lambda next_step: self._resume(next_step, sent))
+            self._checkSubFailure()
         except ProtocolError as error:
             return self._failed(str(error), sent)
         return self._run(sent)
 
-    def _handle(self, message: MAFMessage, sent: list[bytes]) -> AuthResult | Deferred[AuthStep] | None:
+    def _handle(self, message: MAFMessage, sent: list[bytes]) -> AuthResult | Deferred[Any] | None:
         if isinstance(message, RequestMore):
             if message.flags == RequestMoreFlags.ABSOLUTE:
                 self._sent_count = 0
@@ -687,41 +725,45 @@ class _MAFClientConversation(_MessageLoop):
             if factory is None:
                 raise ProtocolError(f"the proxy asked for sub-method {_name(message.method)}, which was not offered")
             self._current = message.method
-            self._sub = factory.buildAuthenticator(self._session)
-            first = self._sub.begin()
-            if isinstance(first, Deferred):
-                self._do_data = message.data  # fed once the first step is out
-                return first
-            self._subStep(first, sent)
-            if message.data and self._sub is not None:
-                return self._feed(message.data, sent)
-            return None
+            sub = self._sub = ConversationDriver(
+                factory.buildAuthenticator(self._session), send=self._subSend, ended=self._subEnded,
+                method=_name(message.method), log=_log, backlog_limit=None)
+            sub.start(message.data)  # the server's first bytes, fed once the first step is out
+            return self._afterSubStep(sub)
         if message.instruction == Instruction.PROCESS:
             if self._sub is None or message.method != self._current:
                 raise ProtocolError(f"PROCESS for sub-method {message.method:#010x}, which is not running")
-            return self._feed(message.data, sent)
+            sub = self._sub
+            sub.feed(message.data)
+            return self._afterSubStep(sub)
         raise ProtocolError(f"unexpected {message.instruction.name} from the proxy")
 
-    def _feed(self, data: bytes, sent: list[bytes]) -> Deferred[AuthStep] | None:
-        assert self._sub is not None
-        step = self._sub.receive(data)
-        if isinstance(step, Deferred):
-            return step
-        self._subStep(step, sent)
+    def _afterSubStep(self, sub: ConversationDriver) -> Deferred[None] | None:
+        if sub.waiting:
+            return sub.whenSettled()
+        self._checkSubFailure()
         return None
 
-    def _subStep(self, step: AuthStep, sent: list[bytes]) -> None:
-        if step.send and self._current is not None:
-            sent.append(MethodMessage(Instruction.PROCESS, self._current, step.send).serialize())
-        if step.result is not None:
-            assert self._current is not None
-            self._outcomes.append(SubMethodOutcome(
-                self._current, step.result.succeeded, step.result.identity, step.result.protection,
-                step.result.reason))
-            self._sub = None
-            if not step.result.succeeded and not self._factory.continue_on_failure:
-                raise ProtocolError(f"sub-method {_name(self._current)} failed here: {step.result.reason}")
-            sent.append(WhatNext().serialize())
+    def _checkSubFailure(self) -> None:
+        failure, self._sub_failure = self._sub_failure, None
+        if failure is not None:
+            raise ProtocolError(failure)
+
+    def _subSend(self, data: bytes) -> None:
+        assert self._current is not None
+        self._sent.append(MethodMessage(Instruction.PROCESS, self._current, data).serialize())
+
+    def _subEnded(self, end: ConversationEnd) -> None:
+        assert self._current is not None
+        result = end.result
+        self._outcomes.append(SubMethodOutcome(
+            self._current, result.succeeded, result.identity, result.protection, result.reason))
+        self._sub = None
+        if not result.succeeded and not self._factory.continue_on_failure:
+            # Raised by _checkSubFailure, in the message loop (this may run in a Deferred's callback).
+            self._sub_failure = f"sub-method {_name(self._current)} failed here: {result.reason}"
+            return
+        self._sent.append(WhatNext().serialize())
 
     def _success(self, data: bytes) -> AuthResult:
         self._done = True
@@ -760,3 +802,24 @@ def chains_from_table(table: Sequence[Mapping[str, Any]]) -> tuple[Chain, ...]:
             raise ConfigError(f"MAF chain {index}: grade must be a whole number >= 0")
         chains.append(Chain(tuple(ids), grade))
     return tuple(chains)
+
+
+def parse_chain_spec(spec: str) -> tuple[tuple[str, ...], int]:
+    """
+    A chain as the command line and the TOML ``maf_chains`` give it:
+    ``"userpass+gssapi=2"`` -> (("userpass", "gssapi"), 2); the grade
+    defaults to 0.  Raises `ConfigError` naming the chain.
+    """
+    methods_text, _, grade_text = spec.partition("=")
+    methods = tuple(m.strip() for m in methods_text.split("+"))
+    for method in methods:
+        if method not in SUBMETHOD_IDS:
+            raise ConfigError(f"MAF chain {spec!r}: unknown sub-method {method!r} "
+                              f"(known: {', '.join(SUBMETHOD_IDS)})")
+    try:
+        grade = int(grade_text) if grade_text else 0
+    except ValueError:
+        raise ConfigError(f"MAF chain {spec!r}: the grade after = must be a whole number") from None
+    if grade < 0 or len(set(methods)) != len(methods):
+        raise ConfigError(f"MAF chain {spec!r}: a negative grade or a sub-method twice")
+    return methods, grade

@@ -1,24 +1,29 @@
 """
 The authentication methods ``socksgss connect`` offers a SOCKS 5 proxy:
-the ``--method`` names, each with the builder of its client authenticator
-factory from the credentials (``--proxy-user`` or the proxy URL's) and the
-``--gssapi-*`` options, the default choice (as curl's), and the names of
-the method codes for messages.  Pure: a bad combination is a `UsageError`.
+the ``--method`` names (the client methods of `txsocksgss.auth.registry`),
+the credentials (``--proxy-user`` or the proxy URL's) and the
+``--gssapi-*`` options checked in this command's words and handed to the
+registry's builders, the default choice (as curl's), and the names of the
+method codes for messages.  Pure: a bad combination is a `UsageError`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Sequence
 
-from txsocksgss.auth.none import NoAuthClientFactory
-from txsocksgss.auth.userpass import UserPassClientFactory
+from txsocksgss.auth.registry import (
+    CLIENT_METHOD_NAMES,
+    SUBMETHOD_NAMES,
+    ClientOptions,
+    MissingClientSetting,
+    build_client,
+)
+from txsocksgss.auth.registry import method_name as registry_method_name
 from txsocksgss.cli.console import text_bytes
 from txsocksgss.cli.status import UsageError
-from txsocksgss.interfaces import IClientAuthenticatorFactory
-from txsocksgss.wire.socks5 import AuthMethod
 from txsocksgss.errors import ConfigError
-from txsocksgss.auth.maf import SUBMETHOD_IDS, MAFClientFactory, TestSubMethodClientFactory
+from txsocksgss.interfaces import IClientAuthenticatorFactory
 
 __all__ = [
     "CLIENT_METHODS",
@@ -48,7 +53,8 @@ def parse_proxy_user(text: str) -> Credentials:
     return Credentials(user, password if colon else None)
 
 
-def _userpass(credentials: Credentials | None) -> IClientAuthenticatorFactory:
+def _credential_bytes(credentials: Credentials | None) -> tuple[bytes, bytes]:
+    """The user name and password for userpass, checked with this face's words."""
     if credentials is None:
         raise UsageError(
             "method userpass needs credentials: give --proxy-user USER:PASSWORD "
@@ -64,7 +70,7 @@ def _userpass(credentials: Credentials | None) -> IClientAuthenticatorFactory:
         raise UsageError(f"the proxy user name is {len(user)} bytes; RFC 1929 allows 1 to 255")
     if not 1 <= len(password) <= 255:
         raise UsageError(f"the proxy password is {len(password)} bytes; RFC 1929 allows 1 to 255")
-    return UserPassClientFactory(user, password)
+    return user, password
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,9 @@ class GSSAPIOptions:
     given: bool = False
 
 
-def _gssapi(credentials: Credentials | None, gssapi: GSSAPIOptions | None = None) -> IClientAuthenticatorFactory:
-    from txsocksgss.auth.gssapi import GSSAPIClientFactory, parse_levels
+def _gssapi_settings(gssapi: GSSAPIOptions | None) -> dict[str, Any]:
+    """The keyword arguments of the GSS-API client side, from the ``--gssapi-*`` options."""
+    from txsocksgss.auth.gssapi import parse_levels
 
     gssapi = gssapi or GSSAPIOptions()
     try:
@@ -92,56 +99,20 @@ def _gssapi(credentials: Credentials | None, gssapi: GSSAPIOptions | None = None
         if level is None:
             raise ConfigError("--gssapi-protection names the one level to request; use --gssapi-accept for more")
         accept = parse_levels(gssapi.accept) if gssapi.accept else None
-        return GSSAPIClientFactory(
-            host=gssapi.host,
-            service=gssapi.service,
-            principal=gssapi.principal,
-            mechanism=gssapi.mechanism,
-            ccache=gssapi.ccache,
-            level=level,
-            accept=accept,
-            nec=gssapi.nec,
-            delegate=gssapi.delegate,
-        )
     except ConfigError as error:
         raise UsageError(str(error)) from None
+    return {"host": gssapi.host, "service": gssapi.service, "principal": gssapi.principal,
+            "mechanism": gssapi.mechanism, "ccache": gssapi.ccache, "level": level, "accept": accept,
+            "nec": gssapi.nec, "delegate": gssapi.delegate}
 
 
-def _maf(credentials: Credentials | None, gssapi: GSSAPIOptions | None = None,
-         submethods: Sequence[str] = ()) -> IClientAuthenticatorFactory:
-    if not submethods:
-        raise UsageError("method maf needs --maf-submethod NAME (userpass, gssapi, test), repeatable")
-    builders = {"userpass": lambda: _userpass(credentials), "gssapi": lambda: _gssapi(credentials, gssapi),
-                "test": TestSubMethodClientFactory}
-    pairs = []
-    for name in submethods:
-        if name not in builders:
-            raise UsageError(f"unknown MAF sub-method {name!r}; choose from {', '.join(builders)}")
-        pairs.append((SUBMETHOD_IDS[name], builders[name]()))
-    return MAFClientFactory(pairs)
-
-
-#: The ``--method`` names, each with the builder of its client authenticator
-#: factory from the credentials (``None`` when none were given) and the
-#: GSS-API options.  A new method registers here.
-CLIENT_METHODS: dict[str, Callable[..., IClientAuthenticatorFactory]] = {
-    "none": lambda credentials, gssapi=None, submethods=(): NoAuthClientFactory(),
-    "userpass": lambda credentials, gssapi=None, submethods=(): _userpass(credentials),
-    "gssapi": lambda credentials, gssapi=None, submethods=(): _gssapi(credentials, gssapi),
-    "maf": _maf,
-}
-
-_METHOD_NAMES: Mapping[int, str] = {
-    AuthMethod.NONE: "none",
-    AuthMethod.GSSAPI: "gssapi",
-    AuthMethod.USERPASS: "userpass",
-    AuthMethod.MAF: "maf",
-}
+#: The ``--method`` names: the client methods of the registry.
+CLIENT_METHODS: tuple[str, ...] = CLIENT_METHOD_NAMES
 
 
 def method_name(code: int) -> str:
     """The ``--method`` name of a SOCKS 5 method code, or the code in hex (``0x80``)."""
-    return _METHOD_NAMES.get(code, f"{code:#04x}")
+    return registry_method_name(code)
 
 
 def default_methods(has_credentials: bool, gssapi: bool = False) -> tuple[str, ...]:
@@ -163,10 +134,33 @@ def build_authenticators(
     :raise UsageError: an unknown name, or a method that needs credentials
         that were not given (or are too long).
     """
-    factories = []
     for name in methods:
-        builder = CLIENT_METHODS.get(name)
-        if builder is None:
+        if name not in CLIENT_METHODS:
             raise UsageError(f"unknown method {name!r}; choose from {', '.join(CLIENT_METHODS)}")
-        factories.append(builder(credentials, gssapi, maf_submethods))
-    return factories
+    # The methods that will run, MAF's sub-methods included, in order: each
+    # one's options are checked (in this face's words) only when it runs.
+    running = []
+    for name in methods:
+        running.append(name)
+        if name == "maf":
+            if not maf_submethods:
+                raise UsageError("method maf needs --maf-submethod NAME "
+                                 f"({', '.join(SUBMETHOD_NAMES)}), repeatable")
+            for sub in maf_submethods:
+                if sub not in SUBMETHOD_NAMES:
+                    raise UsageError(f"unknown MAF sub-method {sub!r}; choose from {', '.join(SUBMETHOD_NAMES)}")
+            running.extend(maf_submethods)
+    user = password = None
+    gssapi_settings = None
+    for name in running:
+        if name == "userpass" and user is None:
+            user, password = _credential_bytes(credentials)
+        elif name == "gssapi" and gssapi_settings is None:
+            gssapi_settings = _gssapi_settings(gssapi)
+    options = ClientOptions(user, password, gssapi_settings, tuple(maf_submethods))
+    try:
+        return [build_client(name, options) for name in methods]
+    except MissingClientSetting as missing:  # pragma: no cover - every need is checked above
+        raise UsageError(str(missing)) from None
+    except ConfigError as error:
+        raise UsageError(str(error)) from None

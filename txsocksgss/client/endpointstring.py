@@ -109,9 +109,13 @@ from twisted.internet.interfaces import IStreamClientEndpoint, IStreamClientEndp
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from txsocksgss.auth.none import NoAuthClientFactory
-from txsocksgss.auth.userpass import UserPassClientFactory
-from txsocksgss.auth.maf import SUBMETHOD_IDS, MAFClientFactory, TestSubMethodClientFactory
+from txsocksgss.auth.registry import (
+    CLIENT_METHOD_NAMES,
+    SUBMETHOD_NAMES,
+    ClientOptions,
+    MissingClientSetting,
+    build_client,
+)
 from txsocksgss.client.endpoints import DEFAULT_TIMEOUT, SOCKS4ClientEndpoint, SOCKS5ClientEndpoint
 from txsocksgss.errors import ConfigError, ProtocolError
 from txsocksgss.interfaces import IClientAuthenticatorFactory
@@ -129,7 +133,7 @@ DEFAULT_PROXY_PORT = 1080
 
 _PORT = re.compile(r"[0-9]{1,5}")
 _COMMON_KEYS = frozenset({"host", "port", "timeout", "proxy", "proxyhost", "proxyport"})
-_METHOD_NAMES = ("none", "userpass", "gssapi", "maf")
+_METHOD_NAMES = CLIENT_METHOD_NAMES
 _GSSAPI_KEYS = (
     "gssapi_service", "gssapi_host", "gssapi_principal", "gssapi_mech", "gssapi_ccache",
     "gssapi_protection", "gssapi_accept", "gssapi_nec", "gssapi_delegate",
@@ -294,13 +298,14 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
         return SOCKS5ClientEndpoint(proxy, destination.host, destination.port, methods,
                                     timeout=timeout, clock=reactor)
 
-    def _gssapi(self, keys: Mapping[str, str], proxy_host: str | None) -> IClientAuthenticatorFactory | None:
+    def _gssapi(self, keys: Mapping[str, str], proxy_host: str | None) -> dict[str, Any] | None:
+        """The GSS-API client side's settings (keyword arguments), or None when no key asks for it."""
         given = {k: v for k, v in keys.items() if k in _GSSAPI_KEYS}
         wanted = (given or "gssapi" in [n.strip().lower() for n in keys.get("methods", "").split(",")]
                   or "gssapi" in [n.strip() for n in keys.get("maf_submethods", "").split("+")])
         if not wanted:
             return None
-        from txsocksgss.auth.gssapi import GSSAPIClientFactory, parse_levels
+        from txsocksgss.auth.gssapi import parse_levels
 
         try:
             host = given.get("gssapi_host", proxy_host)
@@ -310,35 +315,28 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
             if len(level) != 1:
                 raise ConfigError("gssapi_protection= names the one level to request")
             accept = parse_levels(given["gssapi_accept"]) if "gssapi_accept" in given else None
-            return GSSAPIClientFactory(
-                host=host,
-                service=given.get("gssapi_service", "rcmd"),
-                principal=given.get("gssapi_principal"),
-                mechanism=given.get("gssapi_mech", "krb5"),
-                ccache=given.get("gssapi_ccache"),
-                level=level[0],
-                accept=accept,
-                nec=self._flag(given, "gssapi_nec"),
-                delegate=self._flag(given, "gssapi_delegate"),
-            )
+            return {
+                "host": host,
+                "service": given.get("gssapi_service", "rcmd"),
+                "principal": given.get("gssapi_principal"),
+                "mechanism": given.get("gssapi_mech", "krb5"),
+                "ccache": given.get("gssapi_ccache"),
+                "level": level[0],
+                "accept": accept,
+                "nec": self._flag(given, "gssapi_nec"),
+                "delegate": self._flag(given, "gssapi_delegate"),
+            }
         except ConfigError as error:
             raise self._error(str(error)) from error
 
-    def _maf(self, keys: Mapping[str, str], credentials: IClientAuthenticatorFactory | None,
-             gssapi: IClientAuthenticatorFactory | None) -> IClientAuthenticatorFactory:
+    def _submethods(self, keys: Mapping[str, str]) -> tuple[str, ...]:
         names = [n.strip() for n in keys.get("maf_submethods", "").split("+") if n.strip()]
         if not names:
-            raise self._error("methods=maf needs maf_submethods=SUB+SUB (userpass, gssapi, test)")
-        available = {"userpass": credentials, "gssapi": gssapi, "test": TestSubMethodClientFactory()}
-        pairs = []
+            raise self._error(f"methods=maf needs maf_submethods=SUB+SUB ({', '.join(SUBMETHOD_NAMES)})")
         for name in names:
-            factory = available.get(name)
-            if name not in available:
-                raise self._error(f"unknown MAF sub-method {name!r} (known: userpass, gssapi, test)")
-            if factory is None:
-                raise self._error(f"MAF sub-method {name} needs its settings (user=/password= or gssapi_*)")
-            pairs.append((SUBMETHOD_IDS[name], factory))
-        return MAFClientFactory(pairs)
+            if name not in SUBMETHOD_NAMES:
+                raise self._error(f"unknown MAF sub-method {name!r} (known: {', '.join(SUBMETHOD_NAMES)})")
+        return tuple(names)
 
     def _flag(self, keys: Mapping[str, str], name: str) -> bool:
         value = keys.get(name, "false").lower()
@@ -350,13 +348,7 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
         gssapi = self._gssapi(keys, proxy_host)
         if ("user" in keys) != ("password" in keys):
             raise self._error("user= and password= must be given together")
-        credentials = None
-        if "user" in keys:
-            try:
-                credentials = UserPassClientFactory(keys["user"], keys["password"])
-            except ProtocolError as error:
-                # The wire error names only the field and its length, never the value.
-                raise self._error(f"bad credentials: {error}") from error
+        has_credentials = "user" in keys
         if "methods" in keys:
             names = [name.strip().lower() for name in keys["methods"].split(",")]
             for name in names:
@@ -365,17 +357,24 @@ class SOCKS5EndpointStringParser(_SOCKSEndpointStringParser):
             if len(set(names)) != len(names):
                 raise self._error(f"methods={keys['methods']!r} names a method twice")
         else:
-            names = (["gssapi"] if gssapi is not None else []) + (["userpass"] if credentials is not None else [])
+            names = (["gssapi"] if gssapi is not None else []) + (["userpass"] if has_credentials else [])
             names.append("none")
-        if "userpass" in names and credentials is None:
+        if "userpass" in names and not has_credentials:
             raise self._error("methods= offers userpass but user= and password= are missing")
-        if credentials is not None and "userpass" not in names and "maf" not in names:
+        if has_credentials and "userpass" not in names and "maf" not in names:
             raise self._error("user= and password= are given but methods= does not offer userpass")
-        by_name: dict[str, IClientAuthenticatorFactory | None] = {
-            "gssapi": gssapi, "userpass": credentials, "none": NoAuthClientFactory()}
-        if "maf" in names:
-            by_name["maf"] = self._maf(keys, credentials, gssapi)
-        return [by_name[name] for name in names]  # type: ignore[misc]
+        options = ClientOptions(keys.get("user"), keys.get("password"), gssapi,
+                                self._submethods(keys) if "maf" in names else ())
+        try:
+            return [build_client(name, options) for name in names]
+        except MissingClientSetting as missing:
+            raise self._error(f"MAF sub-method {missing.method} needs its settings "
+                              "(user=/password= or gssapi_*)") from missing
+        except ProtocolError as error:
+            # The wire error names only the field and its length, never the value.
+            raise self._error(f"bad credentials: {error}") from error
+        except ConfigError as error:
+            raise self._error(str(error)) from error
 
 
 @implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)

@@ -32,7 +32,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsocksgss.auth.conversation import AuthStep, Identity, SessionInfo
+from txsocksgss.auth.conversation import Identity, SessionInfo
+from txsocksgss.auth.driver import ConversationDriver, ConversationEnd, EndKind
+from txsocksgss.auth.registry import method_name
 from txsocksgss.errors import (
     ClientAuthenticationFailed,
     NoAcceptableMethod,
@@ -42,7 +44,7 @@ from txsocksgss.errors import (
     socks4_reply_error,
     socks5_reply_error,
 )
-from txsocksgss.interfaces import IClientAuthenticator, IClientAuthenticatorFactory, IStreamProtection
+from txsocksgss.interfaces import IClientAuthenticatorFactory, IStreamProtection
 from txsocksgss.protection import ProtectedTransport
 from txsocksgss.wire.reader import MessageBuffer
 from txsocksgss.wire.socks4 import SOCKS4Command, SOCKS4ReplyCode, SOCKS4Request, parse_socks4_reply
@@ -281,9 +283,7 @@ class SOCKS5ClientProtocol(_HandshakeProtocol):
         self.authenticators = {a.method: a for a in authenticators}
         self._offered = tuple(a.method for a in authenticators)
         self._session = session
-        self._auth: IClientAuthenticator | None = None
-        self._auth_pending = False
-        self._auth_backlog = b""
+        self._conversation: ConversationDriver | None = None
 
     def startHandshake(self) -> None:
         self.transport.write(Greeting(self._offered).serialize())  # type: ignore[union-attr]
@@ -297,7 +297,8 @@ class SOCKS5ClientProtocol(_HandshakeProtocol):
                 self._startAuthentication(selection.method)
             elif self.state is HandshakeState.AUTHENTICATING:
                 if len(self._buffer):
-                    self._feedAuthenticator(self._buffer.take_all())
+                    assert self._conversation is not None
+                    self._conversation.feed(self._buffer.take_all())
                 return
             elif self.state in (HandshakeState.REPLY, HandshakeState.SECOND_REPLY):
                 reply = self._buffer.next(parse_reply)
@@ -326,59 +327,34 @@ class SOCKS5ClientProtocol(_HandshakeProtocol):
         session = self._session or SessionInfo(
             client=None, server=(getattr(host, "host", ""), getattr(host, "port", 0))
         )
-        self._auth = factory.buildAuthenticator(session)
         self.state = HandshakeState.AUTHENTICATING
-        self._takeStep(self._auth.begin())
+        self._conversation = ConversationDriver(
+            factory.buildAuthenticator(session), send=self._sendAuthBytes, ended=self._authEnded,
+            method=method_name(method), log=_log)
+        self._conversation.start()
 
-    def _feedAuthenticator(self, data: bytes) -> None:
-        if self._auth_pending:
-            self._auth_backlog += data
-            return
-        assert self._auth is not None
-        try:
-            step = self._auth.receive(data)
-        except Exception as error:
-            _log.failure("client authenticator raised")
-            self.fail(ClientAuthenticationFailed(f"authentication error: {error}"))
-            return
-        self._takeStep(step)
+    def _sendAuthBytes(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
 
-    def _takeStep(self, step: AuthStep | Deferred[AuthStep]) -> None:
-        if isinstance(step, Deferred):
-            self._auth_pending = True
-            step.addCallback(self._authStep)
-            step.addErrback(self._authCrashed)
-        else:
-            self._authStep(step)
-
-    def _authCrashed(self, failure: Failure) -> None:
-        if self.state is not HandshakeState.AUTHENTICATING:
+    def _authEnded(self, end: ConversationEnd) -> None:
+        self._conversation = None
+        if end.kind is EndKind.CRASHED:
+            assert end.failure is not None
+            self.fail(ClientAuthenticationFailed(f"authentication error: {end.failure.getErrorMessage()}"))
             return
-        _log.failure("client authenticator raised", failure)
-        self.fail(ClientAuthenticationFailed(f"authentication error: {failure.getErrorMessage()}"))
-
-    def _authStep(self, step: AuthStep) -> None:
-        if self.state is not HandshakeState.AUTHENTICATING:
+        if end.kind is EndKind.OVERFLOW:
+            self.fail(ClientAuthenticationFailed("the proxy sent too much data during authentication"))
             return
-        self._auth_pending = False
-        if step.send:
-            self.transport.write(step.send)  # type: ignore[union-attr]
-        if step.result is None:
-            backlog, self._auth_backlog = self._auth_backlog, b""
-            if backlog:
-                self._feedAuthenticator(backlog)
+        result = end.result
+        if not result.succeeded:
+            self.fail(ClientAuthenticationFailed(result.reason))
             return
-        self._auth = None
-        if not step.result.succeeded:
-            self.fail(ClientAuthenticationFailed(step.result.reason))
-            return
-        self.identity = step.result.identity
+        self.identity = result.identity
         self.state = HandshakeState.REPLY
-        if step.result.protection is not None:
-            self.installProtection(step.result.protection)
+        if result.protection is not None:
+            self.installProtection(result.protection)
         self.transport.write(self.request.serialize())  # type: ignore[union-attr]
-        unused = step.unused + self._auth_backlog
-        self._auth_backlog = b""
+        unused = end.unused
         if unused and self.protection is not None:
             try:
                 unused = self.protection.unprotect(unused)
@@ -394,10 +370,13 @@ class SOCKS5ClientProtocol(_HandshakeProtocol):
             except ProtocolError as error:
                 self.fail(error)
 
-    def abort(self) -> None:
-        if self._auth is not None:
-            self._auth.abort()
-        super().abort()
+    def _failResults(self, error: BaseException) -> None:
+        # However the handshake ends early (failure, timeout, cancellation,
+        # connection lost), a conversation under way is aborted.
+        conversation, self._conversation = self._conversation, None
+        if conversation is not None:
+            conversation.abort()
+        super()._failResults(error)
 
 
 class SOCKS4ClientProtocol(_HandshakeProtocol):

@@ -18,8 +18,9 @@ import tomllib
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
-from txsocksgss.auth.maf import SUBMETHOD_IDS
+from txsocksgss.auth.maf import parse_chain_spec
 from txsocksgss.auth.none import NoAuthServerFactory
+from txsocksgss.auth.registry import SERVER_METHOD_NAMES
 from txsocksgss.errors import ConfigError
 from txsocksgss.interfaces import IServerAuthenticatorFactory
 from txsocksgss.server.rules import RuleSet, load_rules, rules_from_table
@@ -28,7 +29,8 @@ from txsocksgss.wire.socks5 import AuthMethod
 
 __all__ = ["Config", "DEFAULT_LISTEN", "KNOWN_METHODS", "endpoint_is_loopback"]
 
-KNOWN_METHODS = ("none", "userpass", "gssapi", "maf", "socks4")
+#: The names ``methods`` accepts, from the registry of methods.
+KNOWN_METHODS = SERVER_METHOD_NAMES
 
 # TOML key -> Config field.  Rules live under `default` and `[[rule]]`.
 _TOML_KEYS = {setting.toml_key: setting.name for setting in SETTINGS if setting.toml_key}
@@ -219,21 +221,8 @@ class Config:
             check_open_proxy(self, [NoAuthServerFactory()] if "none" in self.effective_methods else [])
 
 
-def parse_maf_chain(spec: str) -> tuple[tuple[str, ...], int]:
-    """``"userpass+gssapi=2"`` -> (("userpass", "gssapi"), 2); the grade defaults to 0."""
-    methods_text, _, grade_text = spec.partition("=")
-    methods = tuple(m.strip() for m in methods_text.split("+"))
-    for method in methods:
-        if method not in SUBMETHOD_IDS:
-            raise ConfigError(f"MAF chain {spec!r}: unknown sub-method {method!r} "
-                              f"(known: {', '.join(SUBMETHOD_IDS)})")
-    try:
-        grade = int(grade_text) if grade_text else 0
-    except ValueError:
-        raise ConfigError(f"MAF chain {spec!r}: the grade after = must be a whole number") from None
-    if grade < 0 or len(set(methods)) != len(methods):
-        raise ConfigError(f"MAF chain {spec!r}: a negative grade or a sub-method twice")
-    return methods, grade
+#: ``"userpass+gssapi=2"`` -> (("userpass", "gssapi"), 2): MAF's own parser of a chain.
+parse_maf_chain = parse_chain_spec
 
 
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,11 +44,12 @@ from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txsocksgss.auth.conversation import ANONYMOUS, AuthResult, AuthStep, Identity, SessionInfo
+from txsocksgss.auth.conversation import ANONYMOUS, AuthResult, Identity, SessionInfo
+from txsocksgss.auth.driver import ConversationDriver, ConversationEnd, EndKind
 from txsocksgss.auth.ident import IdentOutcome
 from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.errors import ProtocolError, UnsupportedAddressType, UnsupportedCommand
-from txsocksgss.interfaces import IServerAuthenticator, IServerAuthenticatorFactory, IStreamProtection
+from txsocksgss.interfaces import IServerAuthenticatorFactory, IStreamProtection
 from txsocksgss.server.context import ServerContext
 from txsocksgss.server.limits import Refusal, SessionTicket
 from txsocksgss.server.outcomes import Outcome, OutcomeKind
@@ -233,9 +234,7 @@ class SessionMachine:
         self._ticket: SessionTicket | None = None
         self._negotiation_timer: Any = None
         self._method: IServerAuthenticatorFactory | None = None
-        self._auth: IServerAuthenticator | None = None
-        self._auth_pending = False
-        self._auth_backlog = b""
+        self._conversation: ConversationDriver | None = None
         self._pending: Deferred[Any] | None = None
         self._outgoing: Any = None
         self._command_handler: Any = None
@@ -414,58 +413,30 @@ class SessionMachine:
             return
         client = self.client if self.client is not None else ("", 0)
         server = self.server if self.server is not None else ("", 0)
-        self._auth = chosen.buildAuthenticator(SessionInfo(client=client, server=server))
-        if len(self._buffer):
-            self._auth_backlog = self._buffer.take_all()
-        self._takeStep(self._auth.begin())
+        self._conversation = ConversationDriver(
+            chosen.buildAuthenticator(SessionInfo(client=client, server=server)),
+            send=self._sendAuthBytes, ended=self._authEnded, method=chosen.name, log=_log,
+            backlog_limit=EARLY_DATA_LIMIT)
+        self._conversation.start(self._buffer.take_all())
 
     def _feedAuthenticator(self, data: bytes) -> None:
-        if self._auth_pending:
-            self._auth_backlog += data
-            if len(self._auth_backlog) > EARLY_DATA_LIMIT:
-                self.close(Outcome(OutcomeKind.AUTH_TOO_MUCH_DATA))
-            return
-        assert self._auth is not None
-        try:
-            step = self._auth.receive(data)
-        except Exception:
-            _log.failure("authenticator {method} raised", method=self._methodName())
-            self.close(Outcome(OutcomeKind.AUTH_ERROR))
-            return
-        self._takeStep(step)
+        assert self._conversation is not None
+        self._conversation.feed(data)
 
-    def _takeStep(self, step: AuthStep | Deferred[AuthStep]) -> None:
-        if isinstance(step, Deferred):
-            self._auth_pending = True
-            self._pending = step
-            step.addCallback(self._authStep)
-            step.addErrback(self._authCrashed)
-        else:
-            self._authStep(step)
+    def _sendAuthBytes(self, data: bytes) -> None:
+        self.io.send(data)
 
-    def _authCrashed(self, failure: Failure) -> None:
-        if failure.check(CancelledError) or self.state is SessionState.CLOSED:
+    def _authEnded(self, end: ConversationEnd) -> None:
+        if end.kind is EndKind.CRASHED:
+            self.close(Outcome(OutcomeKind.AUTH_ERROR))  # the driver logged the traceback
             return
-        _log.failure("authenticator {method} raised", failure, method=self._methodName())
-        self.close(Outcome(OutcomeKind.AUTH_ERROR))
-
-    def _authStep(self, step: AuthStep) -> None:
-        if self.state is not SessionState.AUTHENTICATING:
+        if end.kind is EndKind.OVERFLOW:
+            self.close(Outcome(OutcomeKind.AUTH_TOO_MUCH_DATA))
             return
-        self._auth_pending = False
-        self._pending = None
-        if step.send:
-            self.io.send(step.send)
-        if step.result is None:
-            backlog, self._auth_backlog = self._auth_backlog, b""
-            if backlog:
-                self._feedAuthenticator(backlog)
-            return
-        self._authFinished(step.result, step.unused + self._auth_backlog)
+        self._authFinished(end.result, end.unused)
 
     def _authFinished(self, result: AuthResult, unused: bytes) -> None:
-        self._auth_backlog = b""
-        self._auth = None
+        self._conversation = None
         if not result.succeeded:
             self._authenticationFailed()
             self.close(Outcome.auth_failed(result.reason))
@@ -739,13 +710,13 @@ class SessionMachine:
             return
         self._moveTo(SessionState.CLOSED)
         self._endNegotiation()
-        if self._auth is not None:
+        conversation, self._conversation = self._conversation, None
+        if conversation is not None:
             # A conversation cut short may already hold failed attempts (a
             # MAF sub-method the server refused): they count for the cool-down.
-            if getattr(self._auth, "failedAttempts", 0):
+            if getattr(conversation.authenticator, "failedAttempts", 0):
                 self._authenticationFailed()
-            self._auth.abort()
-            self._auth = None
+            conversation.abort()
         pending, self._pending = self._pending, None
         if pending is not None:
             # A called Deferred may still be waiting on a chained one (an

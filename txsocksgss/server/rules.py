@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar, Union
 
 from zope.interface import implementer
 
+from txsocksgss.auth.registry import SERVER_METHOD_NAMES
 from txsocksgss.errors import ConfigError
 from txsocksgss.interfaces import IAccessPolicy
 
@@ -58,8 +59,9 @@ _T = TypeVar("_T")
 
 #: The request commands a rule may name (SOCKS 5 CONNECT, BIND, UDP ASSOCIATE).
 COMMANDS: frozenset[str] = frozenset({"connect", "bind", "udp"})
-#: The authentication methods a rule may name, as the server reports them.
-METHODS: frozenset[str] = frozenset({"none", "userpass", "gssapi", "maf", "socks4"})
+#: The authentication methods a rule may name, as the server reports them
+#: (the server's method names of the registry).
+METHODS: frozenset[str] = frozenset(SERVER_METHOD_NAMES)
 #: The SOCKS versions a rule may name.
 VERSIONS: frozenset[int] = frozenset({4, 5})
 

@@ -23,24 +23,19 @@ from typing import Any, Callable, Iterable
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.portal import IRealm, Portal
+from twisted.cred.portal import IRealm
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txsocksgss.auth.checkers import FirstMatchChecker
-from txsocksgss.auth.none import NoAuthServerFactory
 from txsocksgss.auth.passwordfile import PasswordFileChecker
-from txsocksgss.auth.userpass import SOCKSUserRealm, UserPassServerFactory
-from txsocksgss.errors import ConfigError
+from txsocksgss.auth.registry import MethodRole, ServerBuild, find
 from txsocksgss.interfaces import IServerAuthenticatorFactory
 from txsocksgss._twisted_internals import listening_port, probe, raise_listen_errors
-from txsocksgss.auth.gssapi import GSSAPIServerFactory, parse_levels
 from txsocksgss.auth.ident import IdentChecker, IdentMode
-from txsocksgss.auth.maf import SUBMETHOD_IDS, Chain, ChainPolicy, MAFServerFactory, TestSubMethodServerFactory
-from txsocksgss.server.config import Config, check_open_proxy, parse_maf_chain
+from txsocksgss.server.config import Config, check_open_proxy
 from txsocksgss.server.guard import destination_guard_for
 from txsocksgss.server.lean import lean_available, lean_endpoint
 from txsocksgss.server.limits import SessionLimits, limit_settings
@@ -64,57 +59,16 @@ def _authenticators(
     config: Config, checkers: Iterable[ICredentialsChecker], realm: IRealm | None,
     password_checkers: list[PasswordFileChecker] | None = None,
 ) -> tuple[IServerAuthenticatorFactory, ...]:
-    built: dict[str, IServerAuthenticatorFactory] = {}
-
-    def factory_for(name: str) -> IServerAuthenticatorFactory:
-        if name not in built:
-            built[name] = _buildMethod(name, config, checkers, realm, factory_for, password_checkers)
-        return built[name]
-
+    """The server sides of ``config``'s methods, in its order, built by the registry."""
+    build = ServerBuild(config, checkers, realm, password_checkers)
     # "socks4" is not a SOCKS 5 method: it lets version 4 requests in (see ServerContext.socks4).
-    return tuple(factory_for(name) for name in config.effective_methods if name != "socks4")
+    return tuple(build.factory(name) for name in config.effective_methods
+                 if _role(name) is not MethodRole.SOCKS4)
 
 
-def _buildMethod(name: str, config: Config, checkers: Iterable[ICredentialsChecker], realm: IRealm | None,
-                 factory_for: Any, password_checkers: list[PasswordFileChecker] | None = None,
-                 ) -> IServerAuthenticatorFactory:
-    if name == "none":
-        return NoAuthServerFactory()
-    if name == "userpass":
-        all_checkers = list(checkers)
-        if config.passwd:
-            all_checkers.insert(0, PasswordFileChecker(config.passwd))
-        if password_checkers is not None:
-            password_checkers.extend(c for c in all_checkers if isinstance(c, PasswordFileChecker))
-        if not all_checkers:
-            raise ConfigError(
-                "method userpass needs a password file: --passwd FILE "
-                "(create it with `socksgss passwd FILE USER`)"
-            )
-        checker = all_checkers[0] if len(all_checkers) == 1 else FirstMatchChecker(all_checkers)
-        return UserPassServerFactory(Portal(realm or SOCKSUserRealm(), [checker]))
-    if name == "gssapi":
-        mechanisms = ("krb5", "spnego") if config.gssapi_mech == "any" else (config.gssapi_mech,)
-        return GSSAPIServerFactory(
-            service=config.gssapi_service,
-            keytab=config.gssapi_keytab,
-            mechanisms=mechanisms,
-            protection=parse_levels(config.gssapi_protection),
-            nec=config.gssapi_nec,
-            wrap=config.gssapi_wrap,
-        )
-    if name == "test":
-        return TestSubMethodServerFactory()
-    if name == "maf":
-        chains = []
-        submethods: dict[int, IServerAuthenticatorFactory] = {}
-        for spec in config.maf_chains:
-            names, grade = parse_maf_chain(spec)
-            chains.append(Chain(tuple(SUBMETHOD_IDS[n] for n in names), grade))
-            for sub in names:
-                submethods[SUBMETHOD_IDS[sub]] = factory_for(sub)
-        return MAFServerFactory(ChainPolicy(chains, config.maf_continue_on_failure), submethods)
-    raise ConfigError(f"unknown method {name!r}")  # validate() has already refused unknown names
+def _role(name: str) -> MethodRole | None:
+    entry = find(name)
+    return entry.role if entry is not None else None
 
 
 class ManagedServerFactory(SOCKSServerFactory):

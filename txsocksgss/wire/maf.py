@@ -76,11 +76,18 @@ class Instruction(IntEnum):
 
 
 class SubMethod(IntEnum):
-    """The reserved sub-method ids ("Current MAF Sub-Methods")."""
+    """
+    The reserved sub-method ids ("Current MAF Sub-Methods"), and this
+    project's ids for its own methods, from the draft's proprietary range
+    0x00000003-0x0000FFFF (docs/maf.rst).  A member named after a method of
+    `txsocksgss.auth.registry` is that method's id; the registry checks it.
+    """
 
     SUCCESS = 0x00000000
     TEST = 0x00000001
     MORE_METHODS_AVAILABLE = 0x00000002
+    USERPASS = 0x00000003
+    GSSAPI = 0x00000004
     FAILURE = 0xFFFFFFFF
 
 
