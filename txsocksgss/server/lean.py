@@ -71,7 +71,7 @@ _ACCEPT_RETRY = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO, errno.ENETDOWN, 
 _ACCEPT_PAUSE = 0.1
 # The most one read takes during the negotiation (a GSS-API token is larger
 # than a greeting; the machine's buffer caps what may wait).
-_READ_SIZE = 16384
+_READ_SIZE = 4096
 
 
 class _Given(Factory):

@@ -119,6 +119,11 @@ class SessionState(enum.Enum):
     RELAYING = "relaying"
     CLOSED = "closed"
 
+    # Members are singletons, equal only to themselves: the identity hash
+    # is the C one, where Enum's hashes the name in Python (the machine
+    # looks a state up in `_MOVES` twice per move, five moves a session).
+    __hash__ = object.__hash__
+
 
 _MOVES: dict[SessionState, frozenset[SessionState]] = {
     SessionState.GREETING: frozenset({SessionState.AUTHENTICATING, SessionState.REQUEST, SessionState.CLOSED}),
@@ -315,7 +320,8 @@ class SessionMachine:
             self._ticket.release()
         self.context.sessionEnded(self)
         if self.relay is not None:
-            self.relay.clientLost(None)
+            if self.state is not SessionState.CLOSED:  # else the tunnel has ended already
+                self.relay.clientLost(None)
         else:
             relaying = self.state is SessionState.RELAYING
             self.close(Outcome(OutcomeKind.CLIENT_CLOSED if relaying else OutcomeKind.CLIENT_GONE))
