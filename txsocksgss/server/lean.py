@@ -202,6 +202,10 @@ class BareSocketDriver:
     bare socket; see the module docstring.
     """
 
+    # Slots: one of these stays with every spliced tunnel (its machine's driver).
+    __slots__ = ("listener", "context", "reactor", "sock", "_fd", "peer", "machine", "relay", "_reading",
+                 "_registered", "__weakref__")
+
     def __init__(self, listener: LeanListener, sock: socket.socket, peer: tuple[Any, ...]) -> None:
         self.listener = listener
         self.context = listener.context

@@ -107,6 +107,8 @@ _UNSPECIFIED = Address(AddressType.IPV4, "0.0.0.0", 0)
 # How method none (the stock NoAuthServerFactory) always ends: at once,
 # with nothing to send, so no conversation object is built for it.
 _NO_AUTHENTICATION = AuthResult.success(ANONYMOUS)
+# The buffer of every session whose tunnel has started: empty, never fed.
+_NO_BUFFER = MessageBuffer(limit=0)
 
 
 class SessionState(enum.Enum):
@@ -609,6 +611,9 @@ class SessionMachine:
         self._endNegotiation()
         self._moveTo(SessionState.RELAYING)
         early = self._buffer.take_all()
+        # Nothing reads the buffer from now on (the tunnel takes the bytes):
+        # a tunnel that idles for hours does not keep it.
+        self._buffer = _NO_BUFFER
         reply = self._reply(code, bound)
         # Known to the session before it starts: a tunnel may end at once.
         self.relay, unsent = self.io.openTunnel(upstream, reply, self._tunnelEnded)
