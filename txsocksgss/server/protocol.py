@@ -217,11 +217,6 @@ class SOCKS5ServerProtocol(Protocol):
 
     # -- endings ------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """Close this session now, whatever its state (server shutdown)."""
-        if self.machine is not None:
-            self.machine.shutdown()
-
     def _lingerTimedOut(self) -> None:
         self._linger = None
         _log.info("client {client} did not let go of its closed connection; aborting it",
